@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Creates .venv and installs explorl with its test tools. torch comes first, pinned, so that no
+# other package pulls a different (CUDA) build. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e ".[dev${EXTRAS:+,$EXTRAS}]"

@@ -1,0 +1,1 @@
+"""Pure tensor functions: advantage estimators, policy losses, KL estimators."""

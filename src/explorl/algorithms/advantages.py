@@ -1,0 +1,92 @@
+"""Advantage estimators behind one small interface.
+
+An estimator maps :class:`AdvantageInputs` to per-token advantages ``[N, L]``. The group-relative
+ones (GRPO, RLOO, Dr.GRPO) give every token of a completion the same value; a critic-based one
+(PPO with GAE) can fill in ``values`` and return per-token estimates through the same door.
+
+Groups may have any size (E3 gives prompts different sample counts). Rewards that are NaN are
+unknown (a reward function failed): they take no part in the statistics and get advantage 0.
+A group with a single known reward has no baseline and gets advantage 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AdvantageInputs:
+    rewards: torch.Tensor  # [N], NaN = unknown
+    group_ids: torch.Tensor  # [N] long
+    completion_mask: torch.Tensor  # [N, L]
+    values: torch.Tensor | None = None  # [N, L] critic values, for estimators that use one
+
+
+def group_baseline(rewards: torch.Tensor, group_ids: torch.Tensor,
+                   leave_one_out: bool = False) -> torch.Tensor:
+    """Mean reward of each sample's group (``leave_one_out``: of the group's other samples).
+    NaN where it is undefined (unknown reward, or no other known sample)."""
+    known = ~rewards.isnan()
+    r = torch.where(known, rewards, torch.zeros_like(rewards))
+    n_groups = int(group_ids.max()) + 1 if len(group_ids) else 0
+    sums = torch.zeros(n_groups, dtype=r.dtype).index_add_(0, group_ids, r)
+    counts = torch.zeros(n_groups, dtype=r.dtype).index_add_(0, group_ids, known.to(r.dtype))
+    s, c = sums[group_ids], counts[group_ids]
+    base = (s - r) / (c - 1) if leave_one_out else s / c
+    ok = known & (c >= 2)
+    return torch.where(ok, base, torch.full_like(base, float("nan")))
+
+
+def group_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Unbiased std (ddof 1) of each sample's group over its known rewards; NaN below 2."""
+    known = ~rewards.isnan()
+    mean = group_baseline(rewards, group_ids)
+    dev2 = torch.where(known & ~mean.isnan(), (rewards - mean) ** 2, torch.zeros_like(rewards))
+    n_groups = int(group_ids.max()) + 1
+    ss = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, group_ids, dev2)
+    counts = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(
+        0, group_ids, known.to(rewards.dtype))
+    var = ss / (counts - 1)
+    return torch.where(counts >= 2, var, torch.full_like(var, float("nan"))).sqrt()[group_ids]
+
+
+def group_relative(inputs: AdvantageInputs, baseline: str = "mean",
+                   scale_rewards: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    """``A_i = (r_i - b_i) / (s_i + eps)`` for every token of completion i.
+
+    b_i: group mean (``mean``, GRPO) or mean of the other samples (``loo``, RLOO).
+    s_i: group std (``group``), std of all known rewards of the batch (``batch``) or 1 with
+    no eps (``none``, Dr.GRPO). Stds are unbiased (ddof 1), as in TRL.
+    """
+    r = inputs.rewards
+    b = group_baseline(r, inputs.group_ids, leave_one_out=(baseline == "loo"))
+    centred = r - b
+    if scale_rewards == "group":
+        adv = centred / (group_std(r, inputs.group_ids) + eps)
+    elif scale_rewards == "batch":
+        known = r[~r.isnan()]
+        std = known.std() if known.numel() >= 2 else torch.tensor(float("nan"))
+        adv = centred / (std + eps)
+    elif scale_rewards == "none":
+        adv = centred
+    else:
+        raise ValueError(f"unknown scale_rewards {scale_rewards!r}")
+    adv = torch.nan_to_num(adv, nan=0.0)  # unknown reward or no baseline: no signal
+    return adv.unsqueeze(-1) * inputs.completion_mask.to(adv.dtype)
+
+
+Estimator = Callable[[AdvantageInputs, str], torch.Tensor]
+
+ESTIMATORS: dict[str, Estimator] = {
+    "grpo": lambda x, scale: group_relative(x, "mean", scale),
+    "rloo": lambda x, scale: group_relative(x, "loo", scale),
+    "dr_grpo": lambda x, scale: group_relative(x, "mean", "none"),
+}
+
+
+def compute_advantages(name: str, inputs: AdvantageInputs, scale_rewards: str) -> torch.Tensor:
+    """Per-token advantages ``[N, L]`` from the named estimator."""
+    return ESTIMATORS[name](inputs, scale_rewards)

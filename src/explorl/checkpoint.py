@@ -1,0 +1,120 @@
+"""Checkpoints that resume a run exactly, written atomically, loaded without pickle.
+
+A checkpoint is a folder ``checkpoint-<step>``: the model (``save_pretrained``, safetensors), the
+optimizer's tensors (``optimizer.safetensors``) and everything else as JSON (``state.json``: step,
+optimizer hyper-parameters, RNG states, data position, trainer state). It is written into a
+temporary folder and renamed into place, so a crash never leaves a half-written checkpoint that
+resume would pick; only the newest ``keep`` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
+    py = random.getstate()
+    np_state = np.random.get_state()
+    meta = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *[int(x) if isinstance(x, (int, np.integer))
+                                                     else float(x) for x in np_state[2:]]],
+    }
+    return meta, {"rng.torch": torch.get_rng_state()}
+
+
+def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+    v, state, gauss = meta["python"]
+    random.setstate((v, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["rng.torch"])
+
+
+def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, state in sd["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{idx}.{key}"] = value.contiguous()
+            else:
+                scalars[f"{idx}.{key}"] = value
+    return {"param_groups": sd["param_groups"], "scalars": scalars}, tensors
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, meta: dict,
+                         tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("opt."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for name, value in meta["scalars"].items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer,
+                    trainer_state: dict, keep: int) -> Path:
+    final = run_dir / f"checkpoint-{step}"
+    tmp = run_dir / f".tmp-checkpoint-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    opt_meta, tensors = optimizer_state(optimizer)
+    rng_meta, rng_tensors = rng_state()
+    tensors.update(rng_tensors)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    state = {"step": step, "optimizer": opt_meta, "rng": rng_meta, "trainer": trainer_state}
+    (tmp / "state.json").write_text(json.dumps(state))
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(run_dir)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders are never listed)."""
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir()
+             if (m := _NAME.match(p.name)) and (p / "state.json").exists()]
+    return [p for _, p in sorted(found)]
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    """Load weights, optimizer and RNG state into place; return the trainer state."""
+    from safetensors.torch import load_model
+
+    state = json.loads((path / "state.json").read_text())
+    load_model(model, str(path / "model.safetensors"), strict=False)
+    tensors = load_file(str(path / "optimizer.safetensors"))
+    load_optimizer_state(optimizer, state["optimizer"], tensors)
+    set_rng_state(state["rng"], tensors)
+    return {"step": state["step"], **state["trainer"]}

@@ -1,0 +1,157 @@
+"""``explorl``: train, sft, eval, compare.
+
+Bad input ends with one line ``explorl: error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from explorl.errors import UserError
+
+
+def _quiet() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _split_config(args: list[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG.yaml] [key=value ...]``: the first argument without '=' is the config file."""
+    path = None
+    if args and "=" not in args[0]:
+        path, args = args[0], args[1:]
+    for a in args:
+        if "=" not in a:
+            raise UserError(f"argument {a!r}: expected key=value (only one config file allowed)")
+    return path, args
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from explorl.config import load_config
+
+    path, overrides = _split_config(ns.args)
+    cfg = load_config(path, overrides)
+    _quiet()
+    from explorl.trainer import Trainer, before_after_table
+
+    trainer = Trainer(cfg)
+    summary = trainer.train()
+    print(before_after_table(summary))
+    print(f"steps {summary['steps']}, {summary['tokens_generated']} generated tokens, "
+          f"{summary['train_seconds']} s; output in {cfg.output_dir}/")
+    return 0
+
+
+def cmd_sft(ns: argparse.Namespace) -> int:
+    from explorl.config import load_config
+    from explorl.sft import SFTConfig, run_sft
+
+    path, overrides = _split_config(ns.args)
+    cfg = load_config(path, overrides, cls=SFTConfig)
+    _quiet()
+    result = run_sft(cfg)
+    print(json.dumps(result, indent=2))
+    print(f"saved to {cfg.output_dir}/")
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from explorl.config import TrainConfig, config_from_dict
+
+    try:
+        pass_k = tuple(sorted({int(k) for k in ns.pass_k.split(",") if k})) if ns.pass_k else ()
+    except ValueError:
+        raise UserError(f"--pass-k {ns.pass_k!r}: expected integers like 1,4,16") from None
+    if any(k < 1 for k in pass_k):
+        raise UserError(f"--pass-k {ns.pass_k!r}: k must be >= 1")
+    raw = {"model": ns.model, "dataset": ns.dataset, "eval_size": ns.size,
+           "max_completion_length": ns.max_new_tokens, "output_dir": "unused"}
+    if ns.reward:
+        raw["reward_funcs"] = ns.reward.split(",")
+    if ns.dataset not in ("arithmetic",):
+        raw["eval_dataset"] = ns.dataset
+    cfg = config_from_dict(raw)
+    if not Path(ns.model).exists() and ns.model != "tiny":
+        raise UserError(f"model {ns.model!r}: no such model folder or run directory")
+    _quiet()
+    from explorl.evaluation import evaluate
+    from explorl.trainer import Trainer
+
+    t = Trainer(cfg)
+    result = evaluate(t.model, t.tokenizer, t.eval_rows, t.reward_funcs[0],
+                      cfg.max_completion_length, pass_k=pass_k, temperature=ns.temperature,
+                      threshold=cfg.success_threshold, codec=t.codec)
+    result["model"] = ns.model
+    if ns.json:
+        print(json.dumps(result))
+    else:
+        print(f"greedy accuracy {100 * result['accuracy']:.1f}% on {result['n']} prompts")
+        for k, v in result.get("pass_at_k", {}).items():
+            print(f"pass@{k} {100 * v:.1f}%")
+        for level, v in (result.get("by_level") or {}).items():
+            print(f"  {level}: {100 * v:.1f}%")
+    return 0
+
+
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from explorl.compare import run_compare
+
+    _quiet()
+    table = run_compare(ns.specs, seeds=ns.seeds, overrides=ns.set or [], config=ns.config,
+                        out_dir=ns.output)
+    print((Path(table["out_dir"]) / "table.md").read_text())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="explorl", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="RL training (GRPO); no arguments: the embedded default")
+    t.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
+    t.set_defaults(fn=cmd_train)
+    s = sub.add_parser("sft", help="supervised warm start that builds the shipped tiny model")
+    s.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
+    s.set_defaults(fn=cmd_sft)
+    e = sub.add_parser("eval", help="greedy accuracy and pass@k of a model or run directory")
+    e.add_argument("model", help="'tiny', a saved model folder, or a run directory")
+    e.add_argument("--dataset", default="arithmetic", help="built-in task or data file")
+    e.add_argument("--reward", default=None, help="reward function(s), comma-separated")
+    e.add_argument("--pass-k", default="1,4", help="k values for pass@k (default 1,4)")
+    e.add_argument("--temperature", type=float, default=1.0, help="sampling T for pass@k")
+    e.add_argument("--size", type=int, default=1000, help="held-out prompts (default 1000)")
+    e.add_argument("--max-new-tokens", type=int, default=16)
+    e.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    e.set_defaults(fn=cmd_eval)
+    c = sub.add_parser("compare", help="several configurations x seeds: one table, plots")
+    c.add_argument("specs", nargs="+", metavar="SPEC",
+                   help="a preset (grpo, dr_grpo, rloo, dapo, bnpo...) or label:key=v,key=v")
+    c.add_argument("--seeds", type=int, default=3)
+    c.add_argument("--set", action="append", metavar="key=value",
+                   help="override applied to every configuration")
+    c.add_argument("--config", default=None, help="base YAML config for every configuration")
+    c.add_argument("--output", default="runs/compare", help="output folder")
+    c.set_defaults(fn=cmd_compare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.fn(ns)
+    except UserError as e:
+        print(f"explorl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("explorl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""``explorl compare``: several configurations x N seeds, one table and shared plots.
+
+A SPEC is a preset name (``grpo``, ``dapo``, ``dr_grpo``, ``rloo``), presets joined with ``+``,
+or ``label:key=value,key=value``. Each run lives in ``<output>/<label>/seed<k>``; rerunning the
+same command resumes unfinished runs and reuses finished ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from explorl.config import load_config
+from explorl.errors import UserError
+
+PRESETS: dict[str, list[str]] = {
+    "grpo": ["loss_type=grpo", "advantage_estimator=grpo", "scale_rewards=group"],
+    "dapo": ["loss_type=dapo", "epsilon_high=0.28"],
+    "dr_grpo": ["loss_type=dr_grpo", "advantage_estimator=dr_grpo", "scale_rewards=none"],
+    "rloo": ["advantage_estimator=rloo"],
+}
+
+
+def parse_spec(spec: str) -> tuple[str, list[str]]:
+    """``label:k=v,k=v`` -> (label, overrides); ``a+b`` -> presets a then b."""
+    if ":" in spec:
+        label, body = spec.split(":", 1)
+        items = [x for x in body.split(",") if x]
+        if not label or any("=" not in x for x in items):
+            raise UserError(f"compare: spec {spec!r}: expected label:key=value,key=value")
+        return label, items
+    overrides: list[str] = []
+    for name in spec.split("+"):
+        if name not in PRESETS:
+            raise UserError(f"compare: unknown preset {name!r} (presets: {', '.join(PRESETS)}; "
+                            "or write label:key=value,...)")
+        overrides += PRESETS[name]
+    return spec, overrides
+
+
+def run_compare(specs: list[str], seeds: int = 3, overrides: list[str] | None = None,
+                config: str | None = None, out_dir: str = "runs/compare") -> dict:
+    from explorl.report import aggregate
+    from explorl.trainer import Trainer
+
+    if seeds < 1:
+        raise UserError(f"compare: --seeds must be >= 1, got {seeds}")
+    out = Path(out_dir)
+    plans = []
+    for spec in specs:
+        label, items = parse_spec(spec)
+        for seed in range(seeds):
+            run_dir = out / label / f"seed{seed}"
+            cfg = load_config(config, [*(overrides or []), *items, f"seed={seed}",
+                                       f"output_dir={run_dir}", "progress=false"])
+            plans.append((label, run_dir, cfg))
+    groups: dict[str, list[Path]] = {}
+    for label, run_dir, cfg in plans:  # all configs validated before the first run starts
+        summary_path = run_dir / "summary.json"
+        done = summary_path.exists() and json.loads(summary_path.read_text()).get(
+            "steps") == cfg.max_steps
+        if not done:
+            print(f"compare: {label} seed {cfg.seed} -> {run_dir}", flush=True)
+            Trainer(cfg).train()
+        groups.setdefault(label, []).append(run_dir)
+    table = aggregate(groups, out)
+    table["out_dir"] = str(out)
+    return table

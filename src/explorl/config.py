@@ -1,0 +1,327 @@
+"""Typed training configuration: one YAML file plus ``key=value`` overrides, validated at load.
+
+Every field states its default. Names follow TRL's ``GRPOConfig`` where TRL has one
+(``num_generations``, ``temperature``, ``beta``, ``epsilon``, ``epsilon_high``, ``loss_type``,
+``scale_rewards``, ``num_iterations``, ``mask_truncated_completions``, ``max_completion_length``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from explorl.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train -------------------------------------------------------------------------
+    model: str = "tiny"
+    """``tiny`` (the shipped character-level Qwen2 model) or any Hugging Face causal-LM path."""
+    dataset: Any = "arithmetic"
+    """A built-in task name (``arithmetic``), a ``.jsonl``/``.json``/``.parquet`` file, a folder
+    written by ``datasets.save_to_disk``, or (from Python) a ``datasets.Dataset`` / list of dicts."""
+    eval_dataset: Any = None
+    """Held-out data. Default: the built-in task's held-out split; none for user data."""
+    reward_funcs: list[Any] = field(default_factory=list)
+    """TRL-signature reward functions: callables, ``module:function`` strings or built-in names
+    (``arithmetic``, ``math_verify``). Default: the built-in task's own reward."""
+    reward_weights: list[float] | None = None
+    """One weight per reward function (default: all 1.0)."""
+    output_dir: str = "runs/default"
+    seed: int = 0
+    method: Literal["grpo"] = "grpo"
+    max_steps: int = 240
+    task_train_size: int = 20000
+    """Prompts generated for a built-in task's train split."""
+    eval_size: int = 1000
+    """Held-out prompts evaluated before and after training (and every ``eval_every`` steps)."""
+
+    # --- rollouts ------------------------------------------------------------------------------
+    prompts_per_step: int = 16
+    """Prompts per step; each gets ``num_generations`` completions (TRL's generation batch is
+    ``prompts_per_step * num_generations``)."""
+    num_generations: int = 8
+    temperature: float = 1.0
+    """Sampling temperature. Log-probs, KL and entropy are taken from ``logits / temperature``."""
+    top_p: float = 1.0
+    max_prompt_length: int = 512
+    max_completion_length: int = 16
+    mask_truncated_completions: bool = False
+    """Drop completions that hit ``max_completion_length`` without EOS from the loss (DAPO)."""
+    apply_chat_template: Literal["auto", "always", "never"] = "auto"
+    """``auto``: conversational prompts always, plain prompts when the tokenizer has a template."""
+
+    # --- advantages and loss -------------------------------------------------------------------
+    advantage_estimator: Literal["grpo", "rloo", "dr_grpo"] = "grpo"
+    """Baseline: group mean (``grpo``), leave-one-out mean (``rloo``), or group mean without any
+    std scaling (``dr_grpo``, Liu et al. 2025)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    loss_type: Literal["grpo", "dapo", "dr_grpo"] = "dapo"
+    """``grpo``: mean over each sequence's tokens, then over sequences; ``dapo``: mean over all
+    tokens of the batch (Yu et al. 2025); ``dr_grpo``: sum over tokens / (sequences x
+    max_completion_length)."""
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    """Upper clip bound (DAPO's clip-higher). Default: ``epsilon``."""
+    dual_clip: float | None = None
+    """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens (Ye et al. 2020)."""
+    num_iterations: int = 1
+    """Policy updates per batch of rollouts (PPO epochs); > 1 uses stored old log-probs."""
+    beta: float = 0.0
+    """KL coefficient to the frozen reference model; the reference is loaded only when > 0."""
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    entropy_coef: float = 0.0
+
+    # --- optimisation --------------------------------------------------------------------------
+    learning_rate: float = 1e-3
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 0
+    """Samples per forward/backward chunk in the update (0: the whole batch at once)."""
+    success_threshold: float = 1.0
+    """A sample counts as correct when the first reward function gives at least this."""
+
+    # --- evaluation, checkpoints, logging ------------------------------------------------------
+    eval_every: int = 0
+    """Held-out greedy evaluation every N steps (0: only before and after training)."""
+    save_every: int = 50
+    save_total_limit: int = 2
+    resume: Literal["auto", "never"] = "auto"
+    """``auto``: continue from the latest checkpoint in ``output_dir`` if there is one."""
+    progress: bool = True
+    plots: bool = True
+
+
+class _Lines:
+    """Where each key came from, for error messages: ``file:line`` or ``override 'k=v'``."""
+
+    def __init__(self) -> None:
+        self.where: dict[str, str] = {}
+
+    def __call__(self, key: str) -> str:
+        return self.where.get(key, "config")
+
+
+def _yaml_with_lines(path: Path) -> tuple[dict, _Lines]:
+    lines = _Lines()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}, lines
+    if not isinstance(data, dict):
+        raise UserError(f"{path}:1: the config must be a mapping of key: value")
+
+    def walk(n: Any, prefix: str) -> None:
+        if isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                key = f"{prefix}{k.value}"
+                lines.where[key] = f"{path}:{k.start_mark.line + 1}"
+                walk(v, key + ".")
+
+    walk(node, "")
+    return data, lines
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Check ``value`` against annotation ``tp``; convert the few safe cases (int -> float,
+    numeric strings from ``key=value`` overrides)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, where)
+            except UserError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        if value in args:
+            return value
+        choices = ", ".join(repr(a) for a in args)
+        raise UserError(f"{where}: {key}: {value!r} is not one of {choices}")
+    if origin is list:
+        if isinstance(value, str):  # key=a,b,c from the command line
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: {key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0] if args else Any, key, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise UserError(f"{where}: {key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise UserError(f"{where}: {key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{where}: {key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{where}: {key}: expected a string, got {value!r}")
+    raise UserError(f"{where}: {key}: unsupported type {_type_name(tp)}")
+
+
+def _hints(cls: type | None = None) -> dict[str, Any]:
+    return typing.get_type_hints(cls or TrainConfig)
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise UserError(f"override {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict,)) or value is None and raw.strip() not in ("null", "~", "none"):
+        value = raw
+    if isinstance(value, str) and value.lower() == "none":
+        value = None
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                cls: type | None = None) -> Any:
+    """Build a :class:`TrainConfig` from an optional YAML file and ``key=value`` overrides.
+
+    Raises :class:`UserError` naming the file and line (or the override) of the first bad key.
+    """
+    raw: dict[str, Any] = {}
+    lines = _Lines()
+    if path is not None:
+        raw, lines = _yaml_with_lines(Path(path))
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        raw[key] = value
+        lines.where[key] = f"override {item!r}"
+    return config_from_dict(raw, lines, cls)
+
+
+def config_from_dict(raw: dict[str, Any], lines: _Lines | None = None, cls: type | None = None) -> Any:
+    """Build and validate a config dataclass (default :class:`TrainConfig`) from plain data."""
+    cls = cls or TrainConfig
+    lines = lines or _Lines()
+    hints = _hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            close = [k for k in known if k.startswith(str(key)[:4])]
+            hint = f" (did you mean {', '.join(sorted(close)[:3])}?)" if close else ""
+            raise UserError(f"{lines(key)}: unknown config key {key!r}{hint}")
+        values[key] = _coerce(value, hints[key], key, lines(key))
+    cfg = cls(**values)
+    if isinstance(cfg, TrainConfig):
+        validate(cfg, lines)
+    return cfg
+
+
+def validate(cfg: TrainConfig, lines: _Lines | None = None) -> None:
+    """Check values that are well-typed but impossible; raise :class:`UserError`."""
+    lines = lines or _Lines()
+    check_types(cfg, lines)  # also checks configs built directly in Python
+
+    def need(ok: bool, key: str, msg: str) -> None:
+        if not ok:
+            raise UserError(f"{lines(key)}: {key}: {msg}")
+
+    for key in ("max_steps", "prompts_per_step", "num_generations", "max_completion_length",
+                "max_prompt_length", "num_iterations", "eval_size", "task_train_size",
+                "save_total_limit"):
+        need(getattr(cfg, key) >= 1, key, f"must be >= 1, got {getattr(cfg, key)}")
+    for key in ("warmup_steps", "eval_every", "save_every", "micro_batch_size"):
+        need(getattr(cfg, key) >= 0, key, f"must be >= 0, got {getattr(cfg, key)}")
+    need(cfg.temperature > 0, "temperature", f"must be > 0, got {cfg.temperature}")
+    need(0 < cfg.top_p <= 1, "top_p", f"must be in (0, 1], got {cfg.top_p}")
+    need(cfg.learning_rate > 0, "learning_rate", f"must be > 0, got {cfg.learning_rate}")
+    need(cfg.epsilon >= 0, "epsilon", f"must be >= 0, got {cfg.epsilon}")
+    need(cfg.epsilon_high is None or cfg.epsilon_high >= 0, "epsilon_high", "must be >= 0")
+    need(cfg.dual_clip is None or cfg.dual_clip > 1, "dual_clip",
+         f"must be > 1 (or none), got {cfg.dual_clip}")
+    need(cfg.beta >= 0, "beta", f"must be >= 0, got {cfg.beta}")
+    need(cfg.max_grad_norm > 0, "max_grad_norm", f"must be > 0, got {cfg.max_grad_norm}")
+    need(cfg.num_generations >= 2 or cfg.advantage_estimator == "grpo"
+         and cfg.scale_rewards == "batch", "num_generations",
+         f"group-relative advantages need at least 2 generations per prompt, got "
+         f"{cfg.num_generations}")
+    if cfg.reward_weights is not None:
+        need(len(cfg.reward_weights) == len(cfg.reward_funcs), "reward_weights",
+             f"{len(cfg.reward_weights)} weights for {len(cfg.reward_funcs)} reward functions")
+    need(bool(cfg.output_dir), "output_dir", "must not be empty")
+
+
+def check_types(cfg: Any, lines: _Lines | None = None) -> None:
+    """Type-check every field (configs built directly in Python skip the loader)."""
+    lines = lines or _Lines()
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        _coerce(getattr(cfg, f.name), hints[f.name], f.name, lines(f.name))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A YAML/JSON-safe view (callables and in-memory data sets are shown by name)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        name = getattr(v, "__qualname__", None) or type(v).__name__
+        module = getattr(v, "__module__", None)
+        return f"{module}:{name}" if callable(v) and module else f"<{name}>"
+
+    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+
+
+def save_config(cfg: Any, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")

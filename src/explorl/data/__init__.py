@@ -1,0 +1,1 @@
+"""Loading and normalising prompt data sets (TRL and verl layouts)."""

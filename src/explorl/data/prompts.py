@@ -1,0 +1,50 @@
+"""Turning data-set prompts into token ids, and completions back into what rewards expect.
+
+TRL's two layouts: a plain string prompt gets a plain string completion; a conversational prompt
+(a list of messages) gets ``[{"role": "assistant", "content": text}]``.
+"""
+
+from __future__ import annotations
+
+from explorl.errors import UserError
+
+
+def is_conversational(prompt) -> bool:
+    return isinstance(prompt, list)
+
+
+class PromptCodec:
+    """Encodes prompts (applying the chat template per ``mode``) and shapes completions.
+
+    mode ``auto``: conversational prompts use the template; plain prompts use it when the
+    tokenizer has one (wrapped as one user message). ``always`` requires a template; ``never``
+    encodes plain text and joins conversational messages' contents.
+    """
+
+    def __init__(self, tokenizer, mode: str = "auto", max_prompt_length: int = 512):
+        self.tokenizer = tokenizer
+        self.mode = mode
+        self.max_prompt_length = max_prompt_length
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        if mode == "always" and not self.has_template:
+            raise UserError("apply_chat_template=always: the tokenizer has no chat template")
+
+    def text(self, prompt) -> str:
+        use_template = self.mode == "always" or (
+            self.mode == "auto" and (is_conversational(prompt) or self.has_template))
+        if use_template and self.has_template:
+            messages = prompt if is_conversational(prompt) else [{"role": "user", "content": prompt}]
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True)
+        if is_conversational(prompt):
+            return "\n".join(m["content"] for m in prompt)
+        return prompt
+
+    def encode(self, prompt) -> list[int]:
+        ids = self.tokenizer(self.text(prompt), add_special_tokens=False).input_ids
+        return ids[-self.max_prompt_length:]  # keep the end, nearest the answer (as TRL does)
+
+    def completion(self, prompt, text: str):
+        if is_conversational(prompt):
+            return [{"role": "assistant", "content": text}]
+        return text

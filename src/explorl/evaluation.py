@@ -1,0 +1,87 @@
+"""Held-out evaluation: greedy accuracy, and unbiased pass@k / avg@k from n samples per prompt.
+
+pass@k uses the Codex estimator (Chen et al. 2021): with n samples of which c are correct,
+``pass@k = 1 - C(n - c, k) / C(n, k)``, the chance that k samples drawn without replacement
+contain a correct one. avg@n is the mean correctness of the n samples (an estimate of pass@1).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from explorl.data.prompts import PromptCodec
+from explorl.rewards.base import compute_rewards
+from explorl.rollout.engine import HFEngine, greedy
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k from n samples with c correct (requires k <= n)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    # 1 - prod_{i=n-c+1}^{n} (1 - k / i), numerically stable form of the binomial ratio
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def _correct(reward_fn, rows: list[dict], prompts: list, texts: list[str], ids: list[list[int]],
+             threshold: float, codec: PromptCodec) -> list[bool]:
+    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+    completions = [codec.completion(p, t) for p, t in zip(prompts, texts)]
+    r = compute_rewards([reward_fn], [1.0], prompts, completions, ids, columns).total
+    return [bool(v >= threshold) for v in r.tolist()]  # NaN (unknown) counts as wrong
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, rows: list[dict], reward_fn: tuple[str, Callable],
+             max_new_tokens: int, pass_k: tuple[int, ...] = (), temperature: float = 1.0,
+             threshold: float = 1.0, codec: PromptCodec | None = None,
+             batch_size: int = 256) -> dict:
+    """Greedy accuracy (overall and per ``level`` when rows have one), plus pass@k and avg@n
+    from ``n = max(pass_k)`` samples per prompt at ``temperature`` when ``pass_k`` is given."""
+    codec = codec or PromptCodec(tokenizer)
+    prompts = [r["prompt"] for r in rows]
+    encoded = [codec.encode(p) for p in prompts]
+    ids = greedy(model, tokenizer, encoded, max_new_tokens, batch_size)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    ok = _correct(reward_fn, rows, prompts, texts, ids, threshold, codec)
+    result: dict = {"accuracy": float(np.mean(ok)), "n": len(rows)}
+    if "level" in rows[0]:
+        by_level: dict[str, list[bool]] = defaultdict(list)
+        for r, c in zip(rows, ok):
+            by_level[str(r["level"])].append(c)
+        result["by_level"] = {k: float(np.mean(v)) for k, v in sorted(by_level.items())}
+    if pass_k:
+        n = max(pass_k)
+        engine = HFEngine(model, tokenizer, generation_batch_size=batch_size)
+        counts = np.zeros(len(rows), dtype=int)
+        step = max(1, batch_size // n)
+        for s in range(0, len(rows), step):
+            chunk = slice(s, s + step)
+            m = len(encoded[chunk])
+            out = engine.generate(encoded[chunk], [n] * m, [temperature] * m, max_new_tokens)
+            sample_ids = [row[: int(k)] for row, k in zip(out.completion_ids.tolist(),
+                                                           out.lengths.tolist())]
+            sample_texts = tokenizer.batch_decode(sample_ids, skip_special_tokens=True)
+            rep_rows = [rows[s + int(g)] for g in out.group_ids]
+            rep_prompts = [r["prompt"] for r in rep_rows]
+            good = _correct(reward_fn, rep_rows, rep_prompts, sample_texts, sample_ids,
+                            threshold, codec)
+            np.add.at(counts, s + out.group_ids.numpy(), np.array(good, dtype=int))
+        result["pass_at_k"] = {str(k): float(np.mean([pass_at_k(n, int(c), k) for c in counts]))
+                               for k in sorted(pass_k)}
+        result[f"avg_at_{n}"] = float(np.mean(counts / n))
+        result["temperature"] = temperature
+    return result
+
+
+def evaluate_rows(model, tokenizer, rows, max_new_tokens: int = 8, pass_k=(), **kw) -> dict:
+    """Evaluation on built-in arithmetic rows with exact-match reward."""
+    from explorl.data.arithmetic import exact_match_reward
+
+    return evaluate(model, tokenizer, rows, ("arithmetic", exact_match_reward), max_new_tokens,
+                    pass_k=pass_k, **kw)

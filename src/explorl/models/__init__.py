@@ -1,0 +1,1 @@
+"""Policy models: loading, log-probs and entropy at a temperature, the shipped tiny model."""

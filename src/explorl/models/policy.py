@@ -1,0 +1,92 @@
+"""Loading a causal LM, and the per-token log-probs and entropy of completions under
+``softmax(logits / T)``, with T the temperature each sample was drawn at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from explorl.errors import UserError
+from explorl.models.tiny import shipped_path
+
+
+def resolve_model_path(name: str) -> str:
+    if name == "tiny":
+        path = shipped_path()
+        if not (path / "config.json").exists():
+            raise UserError(f"model=tiny: the shipped model is missing at {path} "
+                            "(reinstall explorl, or rebuild it with `explorl sft`)")
+        return str(path)
+    path = Path(name)
+    if path.is_dir() and (path / "final" / "config.json").exists():
+        return str(path / "final")  # a run directory: its final model
+    if path.exists() or name.startswith((".", "/")):
+        if not (path / "config.json").exists():
+            raise UserError(f"model={name}: no config.json in that folder (not a saved model)")
+        return str(path)
+    return name  # a hub id: works when it is in the local cache
+
+
+def load_tokenizer(name: str):
+    path = resolve_model_path(name)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model={name}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    path = resolve_model_path(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"model={name}: cannot load the model ({str(e).splitlines()[0]})") from None
+    return model
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding, as ``generate`` assigns them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def completion_logprobs(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    temperatures: torch.Tensor,
+    with_entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-prob of each completion token and the entropy of each position's distribution.
+
+    Shapes: prompt [N, Lp] (left-padded), completion [N, Lc] (right-padded), temperatures [N].
+    Returns ``(logps [N, Lc], entropy [N, Lc] or None)``, both under ``logits / T``.
+    """
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    # Only the logits that predict completion tokens are needed: positions Lp-1 .. Lp+Lc-2.
+    n_completion = completion_ids.shape[1]
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions(mask),
+        use_cache=False,
+        logits_to_keep=n_completion + 1,
+    )
+    logits = out.logits[:, :-1, :].float() / temperatures.view(-1, 1, 1)
+    logp_all = F.log_softmax(logits, dim=-1)
+    logps = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logps, entropy

@@ -1,0 +1,150 @@
+"""The rollout engine protocol and its Hugging Face ``generate`` backend.
+
+A request is a list of tokenised prompts, how many samples each gets and the temperature each is
+drawn at. Counts and temperatures may differ per prompt: E3 gives harder prompts more samples and
+changes the temperature between steps; HeRL samples revisions at its own temperature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+
+@dataclass
+class Rollout:
+    """Samples of one step, one row each, grouped by the prompt they answer.
+
+    ``prompt_ids`` are left-padded, ``completion_ids`` right-padded; ``completion_mask`` covers
+    the tokens up to and including the first EOS. ``group_ids[i]`` is the index of row i's
+    prompt in the request.
+    """
+
+    prompt_ids: torch.Tensor  # [N, Lp] long
+    prompt_mask: torch.Tensor  # [N, Lp] long
+    completion_ids: torch.Tensor  # [N, Lc] long
+    completion_mask: torch.Tensor  # [N, Lc] long
+    temperatures: torch.Tensor  # [N] float
+    group_ids: torch.Tensor  # [N] long
+    truncated: torch.Tensor  # [N] bool: no EOS within max_new_tokens
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+
+class RolloutEngine(Protocol):
+    def generate(
+        self,
+        prompts: list[list[int]],
+        num_samples: list[int],
+        temperatures: list[float],
+        max_new_tokens: int,
+    ) -> Rollout: ...
+
+
+class _RowTemperature(LogitsProcessor):
+    """Divides each row's logits by its own temperature."""
+
+    def __init__(self, temperatures: torch.Tensor):
+        self.temperatures = temperatures.view(-1, 1)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return scores / self.temperatures.to(scores.dtype)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids, mask
+
+
+def completion_mask_from(completion_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask up to and including the first EOS, and whether each row ran out without one."""
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, dtype=torch.long))
+    seen_before = is_eos.long().cumsum(-1) - is_eos.long()  # EOS tokens strictly before
+    mask = (seen_before == 0).long()
+    truncated = ~is_eos.any(-1)
+    return mask, truncated
+
+
+class HFEngine:
+    """Sampling with ``model.generate`` (KV cache), per-row temperatures, ``top_p`` and EOS."""
+
+    def __init__(self, model, tokenizer, top_p: float = 1.0, generation_batch_size: int = 0):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.top_p = top_p
+        self.generation_batch_size = generation_batch_size
+        eos = tokenizer.eos_token_id
+        extra = getattr(model.generation_config, "eos_token_id", None)
+        ids = [eos] + (extra if isinstance(extra, list) else [extra] if extra is not None else [])
+        self.eos_ids = sorted({i for i in ids if i is not None})
+
+    @torch.no_grad()
+    def generate(self, prompts, num_samples, temperatures, max_new_tokens) -> Rollout:
+        rows, temps, groups = [], [], []
+        for g, (p, n, t) in enumerate(zip(prompts, num_samples, temperatures)):
+            rows += [p] * n
+            temps += [float(t)] * n
+            groups += [g] * n
+        pad = self.tokenizer.pad_token_id
+        prompt_ids, prompt_mask = left_pad(rows, pad)
+        temperature = torch.tensor(temps)
+        chunk = self.generation_batch_size or len(rows)
+        outs = []
+        for s in range(0, len(rows), chunk):
+            outs.append(self._sample(prompt_ids[s:s + chunk], prompt_mask[s:s + chunk],
+                                     temperature[s:s + chunk], max_new_tokens))
+        width = max(o.shape[1] for o in outs)
+        completion_ids = torch.cat(
+            [torch.nn.functional.pad(o, (0, width - o.shape[1]), value=pad) for o in outs])
+        completion_mask, truncated = completion_mask_from(completion_ids, self.eos_ids)
+        completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
+        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
+                       torch.tensor(groups, dtype=torch.long), truncated)
+
+    def _sample(self, ids, mask, temperature, max_new_tokens) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        config = GenerationConfig(
+            do_sample=True, temperature=1.0, top_k=0, top_p=self.top_p,
+            max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids,
+            pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
+        )
+        out = self.model.generate(
+            input_ids=ids, attention_mask=mask, generation_config=config,
+            logits_processor=LogitsProcessorList([_RowTemperature(temperature)]),
+        )
+        self.model.train(was_training)
+        return out[:, ids.shape[1]:]
+
+
+@torch.no_grad()
+def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+           batch_size: int = 256) -> list[list[int]]:
+    """Greedy completions (token ids up to, not including, EOS) for evaluation."""
+    was_training = model.training
+    model.eval()
+    eos = tokenizer.eos_token_id
+    results: list[list[int]] = []
+    for s in range(0, len(prompts), batch_size):
+        ids, mask = left_pad(prompts[s:s + batch_size], tokenizer.pad_token_id)
+        config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
+                                  eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        for row in out[:, ids.shape[1]:].tolist():
+            results.append(row[: row.index(eos)] if eos in row else row)
+    model.train(was_training)
+    return results

@@ -1,0 +1,105 @@
+"""Supervised warm start: builds the shipped tiny model from the built-in tasks' data.
+
+``explorl sft`` trains a fresh tiny Qwen2 with cross-entropy on the answer tokens of arithmetic
+demonstrations drawn fresh each step (never a held-out prompt), then saves it with
+``save_pretrained``. A share ``bug_rate`` of the demonstrations follow the classic buggy column
+procedures (:func:`explorl.data.arithmetic.buggy_answer`), the way a base model picks up habits
+of uneven quality; the result is right only part of the time, which is where RL can help. The
+shipped weights are ``explorl sft output_dir=src/explorl/assets/tiny`` (deterministic on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import Qwen2ForCausalLM
+
+from explorl.data import arithmetic
+from explorl.errors import UserError
+from explorl.models.tiny import char_tokenizer, tiny_config
+
+
+@dataclass
+class SFTConfig:
+    output_dir: str = "runs/sft"
+    seed: int = 0
+    steps: int = 6000
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    hidden_size: int = 128
+    num_layers: int = 3
+    eval_size: int = 1000
+    bug_rate: float = 0.7
+    """Share of demonstrations that follow the buggy procedures (where they differ)."""
+
+
+def _batch(tok, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``prompt + answer + EOS`` with labels only on the answer and EOS."""
+    seqs, labels = [], []
+    for r in rows:
+        p = tok(r["prompt"], add_special_tokens=False).input_ids
+        a = tok(r["answer"], add_special_tokens=False).input_ids + [tok.eos_token_id]
+        seqs.append(p + a)
+        labels.append([-100] * len(p) + a)
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, y) in enumerate(zip(seqs, labels)):
+        ids[i, : len(s)] = torch.tensor(s)
+        lab[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(s)] = 1
+    return ids, mask, lab
+
+
+def run_sft(cfg: SFTConfig, log=print) -> dict:
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.learning_rate <= 0:
+        raise UserError("sft: steps, batch_size and learning_rate must be positive")
+    if not 0 <= cfg.bug_rate <= 1:
+        raise UserError(f"sft: bug_rate must be in [0, 1], got {cfg.bug_rate}")
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    tok = char_tokenizer()
+    model = Qwen2ForCausalLM(tiny_config(len(tok), cfg.hidden_size, cfg.num_layers))
+    _, heldout = arithmetic.splits(1, cfg.eval_size)
+    held = {r["prompt"] for r in heldout}
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
+    def lr_scale(s: int) -> float:  # linear warmup, cosine decay
+        return min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_scale)
+    model.train()
+    start = time.time()
+    for step in range(cfg.steps):
+        demos = []
+        for _ in range(cfg.batch_size):
+            prompt, answer, _level = arithmetic.sample_problem(rng, held)
+            if rng.random() < cfg.bug_rate:
+                answer = arithmetic.buggy_answer(prompt)
+            demos.append({"prompt": prompt, "answer": answer})
+        ids, mask, lab = _batch(tok, demos)
+        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % 100 == 0:
+            log(f"sft step {step + 1}/{cfg.steps} loss {loss.item():.4f}")
+    from explorl.evaluation import evaluate_rows  # noqa: PLC0415 (avoids an import cycle)
+
+    result = evaluate_rows(model, tok, heldout, max_new_tokens=8, pass_k=(1, 8))
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    result["sft_seconds"] = round(time.time() - start, 1)
+    (out / "sft_eval.json").write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,386 @@
+"""The GRPO training loop: one step reads top to bottom like the algorithm.
+
+rollouts -> rewards -> advantages -> clipped policy update (+ KL, entropy) -> metrics/checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from explorl.algorithms.advantages import AdvantageInputs, compute_advantages
+from explorl.algorithms.losses import (
+    Normalizer,
+    aggregate,
+    clipped_surrogate,
+    kl_estimate,
+    masked_mean,
+)
+from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from explorl.config import TrainConfig, config_from_dict, save_config, validate
+from explorl.data import arithmetic
+from explorl.data.loaders import load_rows
+from explorl.data.prompts import PromptCodec
+from explorl.errors import UserError
+from explorl.evaluation import evaluate
+from explorl.models.policy import completion_logprobs, load_model, load_tokenizer
+from explorl.rewards.base import Rewards, compute_rewards, resolve
+from explorl.rollout.engine import HFEngine, Rollout
+from explorl.tracking import MetricsLog, Progress, format_table, plot_run, truncate_metrics
+
+BUILTIN_TASKS = {"arithmetic"}
+
+
+class PromptSampler:
+    """Shuffled passes over the data set; its position is part of the checkpoint."""
+
+    def __init__(self, size: int, batch: int, seed: int):
+        self.size, self.batch, self.seed = size, batch, seed
+        self.epoch, self.pos = 0, 0
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+
+    def next(self) -> list[int]:
+        out: list[int] = []
+        while len(out) < self.batch:
+            order = self._order()
+            take = order[self.pos:self.pos + self.batch - len(out)].tolist()
+            out += take
+            self.pos += len(take)
+            if self.pos >= self.size:
+                self.epoch, self.pos = self.epoch + 1, 0
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load(self, state: dict) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+
+
+@dataclass
+class Batch:
+    """What the update needs, aligned row by row with the rollout."""
+
+    rollout: Rollout
+    advantages: torch.Tensor  # [N, L]
+    loss_mask: torch.Tensor  # [N, L]
+    old_logps: torch.Tensor | None  # [N, L], None when the ratio is exactly 1
+    ref_logps: torch.Tensor | None  # [N, L], None when beta == 0
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """GRPO (and its Dr.GRPO / DAPO / RLOO variants) for any Hugging Face causal LM.
+
+    Everything that can fail on user input (config, data, reward functions, model) fails in the
+    constructor, before anything is written.
+    """
+
+    def __init__(self, config: TrainConfig | None = None, **overrides):
+        cfg = config or TrainConfig()
+        if overrides:
+            cfg = replace(cfg, **overrides)
+        validate(cfg)
+        self.cfg = cfg
+        set_seed(cfg.seed)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.codec = PromptCodec(self.tokenizer, cfg.apply_chat_template, cfg.max_prompt_length)
+        self.train_rows, self.eval_rows, default_reward = self._load_data()
+        specs = cfg.reward_funcs or [default_reward]
+        self.reward_funcs = [resolve(s) for s in specs]
+        self.reward_weights = cfg.reward_weights or [1.0] * len(self.reward_funcs)
+        self.prompt_ids = [self.codec.encode(r["prompt"]) for r in self.train_rows]
+        self.model = load_model(cfg.model)
+        self._check_lengths()
+        self.model.train()
+        self.ref_model = None
+        if cfg.beta > 0:  # the frozen reference exists only when the KL term is on
+            self.ref_model = load_model(cfg.model).eval().requires_grad_(False)
+        self.engine = HFEngine(self.model, self.tokenizer, top_p=cfg.top_p)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+            betas=(cfg.adam_beta1, cfg.adam_beta2))
+        self.sampler = PromptSampler(len(self.train_rows), cfg.prompts_per_step, cfg.seed)
+        self.out = Path(cfg.output_dir)
+        self.step_done = 0
+        self.tokens_total = 0
+        self.before: dict | None = None
+
+    # --- set-up ------------------------------------------------------------------------------
+    def _load_data(self):
+        cfg = self.cfg
+        if isinstance(cfg.dataset, str) and cfg.dataset in BUILTIN_TASKS:
+            train, heldout = arithmetic.splits(cfg.task_train_size, cfg.eval_size)
+            eval_rows = load_rows(cfg.eval_dataset, name="eval_dataset") \
+                if cfg.eval_dataset is not None else heldout
+            return train, eval_rows, "arithmetic"
+        train = load_rows(cfg.dataset, name="dataset")
+        eval_rows = load_rows(cfg.eval_dataset, name="eval_dataset") \
+            if cfg.eval_dataset is not None else []
+        if not cfg.reward_funcs:
+            raise UserError("reward_funcs: a data set other than a built-in task needs at least "
+                            "one reward function")
+        return train, eval_rows[: cfg.eval_size], None
+
+    def _check_lengths(self) -> None:
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if limit is None:
+            return
+        longest = max(len(p) for p in self.prompt_ids)
+        if longest + self.cfg.max_completion_length > limit:
+            raise UserError(
+                f"max_prompt_length/max_completion_length: prompts of {longest} tokens plus "
+                f"{self.cfg.max_completion_length} completion tokens exceed the model's "
+                f"{limit} positions")
+
+    def lr_at(self, step: int) -> float:
+        """Linear warmup over ``warmup_steps``, then constant."""
+        warm = self.cfg.warmup_steps
+        return self.cfg.learning_rate * (min(1.0, step / warm) if warm else 1.0)
+
+    # --- one step ----------------------------------------------------------------------------
+    def step(self, step: int) -> dict:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+
+        # 1. Rollouts: num_generations samples for each prompt of the batch.
+        indices = self.sampler.next()
+        rows = [self.train_rows[i] for i in indices]
+        prompts = [self.prompt_ids[i] for i in indices]
+        rollout = self.engine.generate(prompts, [cfg.num_generations] * len(prompts),
+                                       [cfg.temperature] * len(prompts),
+                                       cfg.max_completion_length)
+        t1 = time.perf_counter()
+
+        # 2. Rewards, weighted over the reward functions; NaN marks an unknown reward.
+        rewards = self.score(rows, rollout)
+        t2 = time.perf_counter()
+
+        # 3. Group-relative advantages over each prompt's samples (groups of any size).
+        loss_mask = rollout.completion_mask.clone()
+        loss_mask[rewards.total.isnan()] = 0
+        if cfg.mask_truncated_completions:
+            loss_mask[rollout.truncated] = 0
+        advantages = compute_advantages(
+            cfg.advantage_estimator,
+            AdvantageInputs(rewards.total, rollout.group_ids, loss_mask), cfg.scale_rewards)
+
+        # 4. Policy update: clipped surrogate + KL to the reference + entropy bonus.
+        batch = Batch(rollout, advantages, loss_mask, self.old_logps(rollout),
+                      self.ref_logps(rollout))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(step)
+        update = {}
+        for _ in range(cfg.num_iterations):
+            update = self.update(batch)
+        t3 = time.perf_counter()
+
+        return self.step_metrics(rollout, rewards, update, (t1 - t0, t2 - t1, t3 - t2), step)
+
+    def score(self, rows: list[dict], rollout: Rollout) -> Rewards:
+        per_sample = [rows[g] for g in rollout.group_ids.tolist()]
+        ids = [row[: int(n)] for row, n in zip(rollout.completion_ids.tolist(),
+                                               rollout.lengths.tolist())]
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        prompts = [r["prompt"] for r in per_sample]
+        completions = [self.codec.completion(p, t) for p, t in zip(prompts, texts)]
+        columns = {k: [r.get(k) for r in per_sample] for k in per_sample[0] if k != "prompt"}
+        return compute_rewards(self.reward_funcs, self.reward_weights, prompts, completions,
+                               ids, columns)
+
+    @torch.no_grad()
+    def old_logps(self, rollout: Rollout) -> torch.Tensor | None:
+        """Log-probs of the policy that sampled; needed only when it will change in between
+        (several iterations). With one update per batch the ratio is exactly 1."""
+        if self.cfg.num_iterations == 1:
+            return None
+        return self._logps(self.model, rollout, with_entropy=False)[0]
+
+    @torch.no_grad()
+    def ref_logps(self, rollout: Rollout) -> torch.Tensor | None:
+        if self.ref_model is None:
+            return None
+        return self._logps(self.ref_model, rollout, with_entropy=False)[0]
+
+    def _logps(self, model, rollout: Rollout, rows=slice(None), with_entropy=True):
+        return completion_logprobs(
+            model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+            rollout.completion_ids[rows], rollout.completion_mask[rows],
+            rollout.temperatures[rows], with_entropy=with_entropy)
+
+    def update(self, batch: Batch) -> dict:
+        """One optimizer step over the batch (in micro-batches if asked), loss = the whole
+        batch's loss exactly, whatever the micro-batch size."""
+        cfg = self.cfg
+        n = len(batch.rollout)
+        norm = Normalizer(int((batch.loss_mask.sum(-1) > 0).sum()), int(batch.loss_mask.sum()),
+                          cfg.max_completion_length)
+        eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
+        size = cfg.micro_batch_size or n
+        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
+        self.optimizer.zero_grad(set_to_none=True)
+        for s in range(0, n, size):
+            rows = slice(s, s + size)
+            mask = batch.loss_mask[rows]
+            logps, entropy = self._logps(self.model, batch.rollout, rows)
+            old = logps.detach() if batch.old_logps is None else batch.old_logps[rows]
+            per_token, bound = clipped_surrogate(logps, old, batch.advantages[rows],
+                                                 cfg.epsilon, eps_high, cfg.dual_clip)
+            if batch.ref_logps is not None:
+                kl = kl_estimate(logps, batch.ref_logps[rows], cfg.kl_estimator)
+                per_token = per_token + cfg.beta * kl
+                sums["kl"] += float((kl.detach() * mask).sum())
+            if cfg.entropy_coef:
+                per_token = per_token - cfg.entropy_coef * entropy
+            loss = aggregate(per_token, mask, cfg.loss_type, norm)
+            loss.backward()
+            sums["loss"] += float(loss.detach())
+            full = batch.rollout.completion_mask[rows]
+            sums["entropy"] += float((entropy.detach() * full).sum())
+            sums["clip_fraction"] += float((bound.float() * mask).sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        tokens = max(norm.num_tokens, 1)
+        return {"loss": sums["loss"], "kl": sums["kl"] / tokens,
+                "entropy": sums["entropy"] / max(int(batch.rollout.completion_mask.sum()), 1),
+                "clip_fraction": sums["clip_fraction"] / tokens, "grad_norm": float(grad_norm)}
+
+    def step_metrics(self, rollout: Rollout, rewards: Rewards, update: dict,
+                     times: tuple[float, float, float], step: int) -> dict:
+        r = rewards.total
+        known = r[~r.isnan()]
+        first = next(iter(rewards.per_func.values()))
+        correct = (first >= self.cfg.success_threshold) & ~first.isnan()
+        groups = rollout.group_ids
+        n_groups = int(groups.max()) + 1
+        zero_std = 0
+        for g in range(n_groups):
+            vals = r[(groups == g) & ~r.isnan()]
+            zero_std += int(vals.numel() > 0 and bool((vals == vals[0]).all()))
+        tokens = int(rollout.completion_mask.sum())
+        self.tokens_total += tokens
+        m = {
+            "step": step,
+            "reward/mean": float(known.mean()) if known.numel() else math.nan,
+            "reward/std": float(known.std()) if known.numel() > 1 else 0.0,
+            "accuracy": float(correct.float().mean()),
+            "frac_zero_std_groups": zero_std / n_groups,
+            **update,
+            "completion_length/mean": float(rollout.lengths.float().mean()),
+            "truncated_fraction": float(rollout.truncated.float().mean()),
+            "rewards/masked": rewards.masked,
+            "tokens/generated": tokens,
+            "tokens/total": self.tokens_total,
+            "temperature": float(rollout.temperatures.mean()),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "time/generate": times[0],
+            "time/reward": times[1],
+            "time/update": times[2],
+            "time/step": sum(times),
+        }
+        for name, v in rewards.per_func.items():
+            k = v[~v.isnan()]
+            m[f"reward/{name}/mean"] = float(k.mean()) if k.numel() else math.nan
+        return m
+
+    # --- the run -----------------------------------------------------------------------------
+    def evaluate(self) -> dict | None:
+        if not self.eval_rows:
+            return None
+        return evaluate(self.model, self.tokenizer, self.eval_rows, self.reward_funcs[0],
+                        self.cfg.max_completion_length, threshold=self.cfg.success_threshold,
+                        codec=self.codec)
+
+    def _prepare_output(self) -> MetricsLog:
+        cfg, out = self.cfg, self.out
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoints = list_checkpoints(out)
+        if cfg.resume == "never":
+            for p in checkpoints:
+                shutil.rmtree(p)
+            checkpoints = []
+        if checkpoints:
+            state = load_checkpoint(checkpoints[-1], self.model, self.optimizer)
+            self.step_done = state["step"]
+            self.tokens_total = state["tokens_total"]
+            self.before = state["before"]
+            self.sampler.load(state["sampler"])
+            truncate_metrics(out / "metrics.jsonl", self.step_done)
+        save_config(cfg, out / "config.yaml")
+        return MetricsLog(out / "metrics.jsonl", append=bool(checkpoints))
+
+    def _checkpoint(self, step: int) -> None:
+        state = {"tokens_total": self.tokens_total, "before": self.before,
+                 "sampler": self.sampler.state()}
+        save_checkpoint(self.out, step, self.model, self.tokenizer, self.optimizer, state,
+                        self.cfg.save_total_limit)
+
+    def train(self) -> dict:
+        """Run to ``max_steps`` (resuming if a checkpoint exists); return the summary."""
+        cfg = self.cfg
+        log = self._prepare_output()
+        if self.before is None:
+            self.before = self.evaluate()
+        progress = Progress(cfg.max_steps, initial=self.step_done, enabled=cfg.progress)
+        start = time.perf_counter()
+        try:
+            for step in range(self.step_done + 1, cfg.max_steps + 1):
+                metrics = self.step(step)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                    metrics["eval/accuracy"] = (self.evaluate() or {}).get("accuracy")
+                log.write(metrics)
+                progress.update(metrics)
+                self.step_done = step
+                if cfg.save_every and step % cfg.save_every == 0 or step == cfg.max_steps:
+                    self._checkpoint(step)
+        finally:
+            progress.close()
+            log.close()
+        after = self.evaluate()
+        return self._finish(after, time.perf_counter() - start)
+
+    def _finish(self, after: dict | None, seconds: float) -> dict:
+        final, tmp = self.out / "final", self.out / ".tmp-final"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        summary = {"before": self.before, "after": after, "steps": self.step_done,
+                   "tokens_generated": self.tokens_total, "train_seconds": round(seconds, 1),
+                   "model": str(self.cfg.model), "method": self.cfg.method}
+        tmp_summary = self.out / ".summary.json.tmp"
+        tmp_summary.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp_summary, self.out / "summary.json")
+        if self.cfg.plots:
+            plot_run(self.out)
+        return summary
+
+
+def before_after_table(summary: dict) -> str:
+    before, after = summary.get("before") or {}, summary.get("after") or {}
+    rows = [["accuracy", f"{100 * before.get('accuracy', math.nan):.1f}",
+             f"{100 * after.get('accuracy', math.nan):.1f}"]]
+    for level in sorted((after.get("by_level") or {})):
+        rows.append([f"  {level}", f"{100 * before['by_level'][level]:.1f}",
+                     f"{100 * after['by_level'][level]:.1f}"])
+    return format_table(rows, ["held-out (greedy, %)", "before", "after"])
+
+
+__all__ = ["Trainer", "config_from_dict", "before_after_table"]
