@@ -23,8 +23,9 @@ def test_exact_match_reward():
 def test_buggy_procedures_hand_worked():
     assert arithmetic.buggy_answer("37+48=") == "75"    # 7+8=15 -> 5, carry dropped
     assert arithmetic.buggy_answer("95+17=") == "102"   # leftmost column kept whole: 10, 2
-    assert arithmetic.buggy_answer("52-19=") == "47"    # |2-9| = 7, 5-1 = 4
-    assert arithmetic.buggy_answer("23*4=") == "82"     # 2*4 = 8, 3*4 = 12 -> 2
+    assert arithmetic.buggy_answer("37+8+5=") == "30"   # 7+8+5 = 20 -> 0; tens 3
+    assert arithmetic.buggy_answer("763+89=") == "742"
     assert arithmetic.buggy_answer("12+13=") == "25"    # no carry: the true answer
-    assert arithmetic.buggy_answer("7+8+9=") == "24"     # one column: kept whole
-    assert arithmetic.buggy_answer("71*9=") == "639"
+    assert arithmetic.buggy_answer("7+8=") == "15"      # one column: kept whole
+    assert arithmetic.buggy_answer("52-19=") == "33"    # other operations: answered right
+    assert arithmetic.buggy_answer("23*4=") == "92"

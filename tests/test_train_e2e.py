@@ -44,7 +44,8 @@ def test_variants_run_and_report_metrics(tmp_path, overrides):
                 "time/update"):
         assert key in rows[0], key
     if overrides.get("beta"):
-        assert rows[1]["kl"] > 0  # the policy moved away from the reference after one step
+        assert abs(rows[0]["kl"]) < 1e-6  # step 1: the policy is the reference
+        assert rows[1]["kl"] != 0  # k1 may be negative; after one update it is not zero
     if overrides.get("num_iterations") == 2:
         assert rows[0]["clip_fraction"] >= 0
 

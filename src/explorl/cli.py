@@ -63,7 +63,7 @@ def cmd_sft(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from explorl.config import TrainConfig, config_from_dict
+    from explorl.config import config_from_dict
 
     try:
         pass_k = tuple(sorted({int(k) for k in ns.pass_k.split(",") if k})) if ns.pass_k else ()

@@ -25,8 +25,9 @@ class TrainConfig:
     model: str = "tiny"
     """``tiny`` (the shipped character-level Qwen2 model) or any Hugging Face causal-LM path."""
     dataset: Any = "arithmetic"
-    """A built-in task name (``arithmetic``), a ``.jsonl``/``.json``/``.parquet`` file, a folder
-    written by ``datasets.save_to_disk``, or (from Python) a ``datasets.Dataset`` / list of dicts."""
+    """A built-in task (``arithmetic``), a ``.jsonl``/``.json``/``.parquet`` file, a folder
+    written by ``datasets.save_to_disk``, or (from Python) a ``datasets.Dataset`` or a list of
+    dicts."""
     eval_dataset: Any = None
     """Held-out data. Default: the built-in task's held-out split; none for user data."""
     reward_funcs: list[Any] = field(default_factory=list)
@@ -37,7 +38,7 @@ class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
     method: Literal["grpo"] = "grpo"
-    max_steps: int = 240
+    max_steps: int = 500
     task_train_size: int = 20000
     """Prompts generated for a built-in task's train split."""
     eval_size: int = 1000
@@ -80,7 +81,7 @@ class TrainConfig:
     entropy_coef: float = 0.0
 
     # --- optimisation --------------------------------------------------------------------------
-    learning_rate: float = 1e-3
+    learning_rate: float = 5e-5
     warmup_steps: int = 10
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -92,9 +93,9 @@ class TrainConfig:
     """A sample counts as correct when the first reward function gives at least this."""
 
     # --- evaluation, checkpoints, logging ------------------------------------------------------
-    eval_every: int = 0
+    eval_every: int = 100
     """Held-out greedy evaluation every N steps (0: only before and after training)."""
-    save_every: int = 50
+    save_every: int = 100
     save_total_limit: int = 2
     resume: Literal["auto", "never"] = "auto"
     """``auto``: continue from the latest checkpoint in ``output_dir`` if there is one."""
@@ -247,7 +248,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(raw, lines, cls)
 
 
-def config_from_dict(raw: dict[str, Any], lines: _Lines | None = None, cls: type | None = None) -> Any:
+def config_from_dict(raw: dict[str, Any], lines: _Lines | None = None,
+                     cls: type | None = None) -> Any:
     """Build and validate a config dataclass (default :class:`TrainConfig`) from plain data."""
     cls = cls or TrainConfig
     lines = lines or _Lines()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from explorl.data.loaders import columns_of
 from explorl.data.prompts import PromptCodec
 from explorl.rewards.base import compute_rewards
 from explorl.rollout.engine import HFEngine, greedy
@@ -30,7 +31,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def _correct(reward_fn, rows: list[dict], prompts: list, texts: list[str], ids: list[list[int]],
              threshold: float, codec: PromptCodec) -> list[bool]:
-    columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
+    columns = columns_of(rows)
     completions = [codec.completion(p, t) for p, t in zip(prompts, texts)]
     r = compute_rewards([reward_fn], [1.0], prompts, completions, ids, columns).total
     return [bool(v >= threshold) for v in r.tolist()]  # NaN (unknown) counts as wrong

@@ -36,8 +36,11 @@ class SFTConfig:
     hidden_size: int = 128
     num_layers: int = 3
     eval_size: int = 1000
-    bug_rate: float = 0.7
-    """Share of demonstrations that follow the buggy procedures (where they differ)."""
+    bug_rate: float = 0.8
+    """Share of addition demonstrations whose answer drops the carries (where that differs)."""
+    threads: int = 1
+    """CPU threads. The float summation order depends on it; 1 gives the same weights on any
+    machine (the shipped model was built with 1)."""
 
 
 def _batch(tok, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -64,6 +67,7 @@ def run_sft(cfg: SFTConfig, log=print) -> dict:
         raise UserError("sft: steps, batch_size and learning_rate must be positive")
     if not 0 <= cfg.bug_rate <= 1:
         raise UserError(f"sft: bug_rate must be in [0, 1], got {cfg.bug_rate}")
+    torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tok = char_tokenizer()

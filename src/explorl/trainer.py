@@ -6,6 +6,7 @@ rollouts -> rewards -> advantages -> clipped policy update (+ KL, entropy) -> me
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -23,21 +24,26 @@ from explorl.algorithms.losses import (
     aggregate,
     clipped_surrogate,
     kl_estimate,
-    masked_mean,
 )
 from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from explorl.config import TrainConfig, config_from_dict, save_config, validate
 from explorl.data import arithmetic
-from explorl.data.loaders import load_rows
+from explorl.data.loaders import columns_of, load_rows
 from explorl.data.prompts import PromptCodec
 from explorl.errors import UserError
 from explorl.evaluation import evaluate
-from explorl.models.policy import completion_logprobs, load_model, load_tokenizer
+from explorl.models.policy import (
+    completion_logprobs,
+    disable_dropout,
+    load_model,
+    load_tokenizer,
+)
 from explorl.rewards.base import Rewards, compute_rewards, resolve
 from explorl.rollout.engine import HFEngine, Rollout
 from explorl.tracking import MetricsLog, Progress, format_table, plot_run, truncate_metrics
 
 BUILTIN_TASKS = {"arithmetic"}
+log = logging.getLogger("explorl")
 
 
 class PromptSampler:
@@ -108,6 +114,7 @@ class Trainer:
         self.prompt_ids = [self.codec.encode(r["prompt"]) for r in self.train_rows]
         self.model = load_model(cfg.model)
         self._check_lengths()
+        disable_dropout(self.model)
         self.model.train()
         self.ref_model = None
         if cfg.beta > 0:  # the frozen reference exists only when the KL term is on
@@ -170,6 +177,8 @@ class Trainer:
 
         # 2. Rewards, weighted over the reward functions; NaN marks an unknown reward.
         rewards = self.score(rows, rollout)
+        for error in rewards.errors:
+            log.warning("step %d: reward masked: %s", step, error)
         t2 = time.perf_counter()
 
         # 3. Group-relative advantages over each prompt's samples (groups of any size).
@@ -200,9 +209,8 @@ class Trainer:
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         prompts = [r["prompt"] for r in per_sample]
         completions = [self.codec.completion(p, t) for p, t in zip(prompts, texts)]
-        columns = {k: [r.get(k) for r in per_sample] for k in per_sample[0] if k != "prompt"}
         return compute_rewards(self.reward_funcs, self.reward_weights, prompts, completions,
-                               ids, columns)
+                               ids, columns_of(per_sample))
 
     @torch.no_grad()
     def old_logps(self, rollout: Rollout) -> torch.Tensor | None:
@@ -297,6 +305,7 @@ class Trainer:
         for name, v in rewards.per_func.items():
             k = v[~v.isnan()]
             m[f"reward/{name}/mean"] = float(k.mean()) if k.numel() else math.nan
+            m[f"reward/{name}/std"] = float(k.std()) if k.numel() > 1 else 0.0
         return m
 
     # --- the run -----------------------------------------------------------------------------
@@ -377,7 +386,7 @@ def before_after_table(summary: dict) -> str:
     before, after = summary.get("before") or {}, summary.get("after") or {}
     rows = [["accuracy", f"{100 * before.get('accuracy', math.nan):.1f}",
              f"{100 * after.get('accuracy', math.nan):.1f}"]]
-    for level in sorted((after.get("by_level") or {})):
+    for level in sorted(after.get("by_level") or {}):
         rows.append([f"  {level}", f"{100 * before['by_level'][level]:.1f}",
                      f"{100 * after['by_level'][level]:.1f}"])
     return format_table(rows, ["held-out (greedy, %)", "before", "after"])

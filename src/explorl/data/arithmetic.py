@@ -5,8 +5,8 @@ tiny model solves some prompts always, some sometimes and some never (what per-p
 budgets need). Splits are generated from fixed seeds, so every run sees the same held-out set;
 the held-out split shares no prompt with the train split.
 
-:func:`buggy_answer` gives the answers of the classic procedural "bugs" of column arithmetic
-(carries dropped; the smaller digit taken from the larger in subtraction). The warm start
+:func:`buggy_answer` gives the answer of a classic procedural "bug" of column addition: each
+column is added right, but its carry is never passed on to the next column. The warm start
 imitates a mix of correct and buggy demonstrations, so the shipped model holds both habits and
 RL has something to choose between.
 """
@@ -21,9 +21,9 @@ LEVELS: dict[str, tuple[str, list[tuple[int, int]]]] = {
     "L0": ("+", [(0, 9), (0, 9)]),
     "L1": ("+", [(10, 99), (0, 9)]),
     "L2": ("-", [(10, 99), (0, 9)]),
-    "L3": ("+", [(0, 9), (0, 9), (0, 9)]),
+    "L3": ("+", [(10, 99), (0, 9), (0, 9)]),
     "L4": ("+", [(10, 99), (10, 99)]),
-    "L5": ("-", [(10, 99), (10, 99)]),
+    "L5": ("+", [(100, 999), (0, 9)]),
     "L6": ("+", [(100, 999), (10, 99)]),
     "L7": ("*", [(10, 99), (2, 9)]),
 }
@@ -53,20 +53,17 @@ def _digits(n: int, width: int) -> list[int]:
 
 
 def buggy_answer(prompt: str) -> str:
-    """The answer with column carries dropped (``+``, ``*``: every column but the leftmost keeps
-    only its last digit) or each column's smaller digit taken from its larger (``-``). Equal to
-    the true answer when no column carries or borrows."""
+    """The sum when carries are never passed on: every column but the leftmost keeps only its
+    last digit (``37+48`` -> ``75``). Equal to the true sum when no column carries; other
+    operations are answered correctly."""
     body = prompt.rstrip("=")
     op = next(c for c in "+-*" if c in body)
     xs = [int(x) for x in body.split(op)]
-    if op == "*":
-        cols = [d * xs[1] for d in _digits(xs[0], len(str(xs[0])))]
-    else:
-        width = max(len(str(x)) for x in xs)
-        columns = zip(*(_digits(x, width) for x in xs))
-        cols = [sum(c) if op == "+" else abs(c[0] - c[1]) for c in columns]
-    if op != "-":
-        cols = cols[:1] + [c % 10 for c in cols[1:]]
+    if op != "+":
+        return str(xs[0] - xs[1] if op == "-" else xs[0] * xs[1])
+    width = max(len(str(x)) for x in xs)
+    cols = [sum(c) for c in zip(*(_digits(x, width) for x in xs))]
+    cols = cols[:1] + [c % 10 for c in cols[1:]]
     return str(int("".join(map(str, cols))))
 
 

@@ -33,7 +33,8 @@ class PromptCodec:
         use_template = self.mode == "always" or (
             self.mode == "auto" and (is_conversational(prompt) or self.has_template))
         if use_template and self.has_template:
-            messages = prompt if is_conversational(prompt) else [{"role": "user", "content": prompt}]
+            messages = prompt if is_conversational(prompt) else [
+                {"role": "user", "content": prompt}]
             return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True)
         if is_conversational(prompt):

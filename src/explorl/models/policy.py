@@ -35,7 +35,8 @@ def load_tokenizer(name: str):
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:
-        raise UserError(f"model={name}: cannot load a tokenizer ({str(e).splitlines()[0]})") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"model={name}: cannot load a tokenizer ({first})") from None
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -51,6 +52,14 @@ def load_model(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel
     except (OSError, ValueError) as e:
         raise UserError(f"model={name}: cannot load the model ({str(e).splitlines()[0]})") from None
     return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout would make the log-probs of the update differ from those the samples were drawn
+    with; RL fine-tuning turns it off (as TRL does by default)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,8 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
-def completion_mask_from(completion_ids: torch.Tensor, eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_mask_from(completion_ids: torch.Tensor,
+                         eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask up to and including the first EOS, and whether each row ran out without one."""
     is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, dtype=torch.long))
     seen_before = is_eos.long().cumsum(-1) - is_eos.long()  # EOS tokens strictly before
