@@ -85,6 +85,15 @@ class Batch:
     ref_logps: torch.Tensor | None  # [N, L], None when beta == 0
 
 
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """AdamW with the fused kernel where the device has one (CPU and CUDA do)."""
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, **kwargs)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -120,9 +129,9 @@ class Trainer:
         if cfg.beta > 0:  # the frozen reference exists only when the KL term is on
             self.ref_model = load_model(cfg.model).eval().requires_grad_(False)
         self.engine = HFEngine(self.model, self.tokenizer, top_p=cfg.top_p)
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-            betas=(cfg.adam_beta1, cfg.adam_beta2))
+        self.optimizer = adamw(self.model.parameters(), lr=cfg.learning_rate,
+                               weight_decay=cfg.weight_decay,
+                               betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.sampler = PromptSampler(len(self.train_rows), cfg.prompts_per_step, cfg.seed)
         self.out = Path(cfg.output_dir)
         self.step_done = 0
@@ -226,7 +235,7 @@ class Trainer:
             return None
         return self._logps(self.ref_model, rollout, with_entropy=False)[0]
 
-    def _logps(self, model, rollout: Rollout, rows=slice(None), with_entropy=True):
+    def _logps(self, model, rollout: Rollout, rows=slice(None), with_entropy: bool | str = True):
         return completion_logprobs(
             model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
             rollout.completion_ids[rows], rollout.completion_mask[rows],
@@ -246,7 +255,8 @@ class Trainer:
         for s in range(0, n, size):
             rows = slice(s, s + size)
             mask = batch.loss_mask[rows]
-            logps, entropy = self._logps(self.model, batch.rollout, rows)
+            logps, entropy = self._logps(self.model, batch.rollout, rows,
+                                         with_entropy="grad" if cfg.entropy_coef else True)
             old = logps.detach() if batch.old_logps is None else batch.old_logps[rows]
             per_token, bound = clipped_surrogate(logps, old, batch.advantages[rows],
                                                  cfg.epsilon, eps_high, cfg.dual_clip)

@@ -74,12 +74,13 @@ def completion_logprobs(
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     temperatures: torch.Tensor,
-    with_entropy: bool = True,
+    with_entropy: bool | str = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of each completion token and the entropy of each position's distribution.
 
     Shapes: prompt [N, Lp] (left-padded), completion [N, Lc] (right-padded), temperatures [N].
-    Returns ``(logps [N, Lc], entropy [N, Lc] or None)``, both under ``logits / T``.
+    Returns ``(logps [N, Lc], entropy [N, Lc] or None)``, both under ``logits / T``. The
+    entropy carries gradients only with ``with_entropy="grad"`` (an entropy bonus needs them).
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask, completion_mask], dim=1)
@@ -96,6 +97,9 @@ def completion_logprobs(
     logp_all = F.log_softmax(logits, dim=-1)
     logps = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
-    if with_entropy:
+    if with_entropy == "grad":
         entropy = -(logp_all.exp() * logp_all).sum(-1)
+    elif with_entropy:
+        with torch.no_grad():  # a metric only: keep it out of the graph
+            entropy = -(logp_all.exp() * logp_all).sum(-1)
     return logps, entropy

@@ -93,7 +93,6 @@ class HFEngine:
         ids = [eos] + (extra if isinstance(extra, list) else [extra] if extra is not None else [])
         self.eos_ids = sorted({i for i in ids if i is not None})
 
-    @torch.no_grad()
     def generate(self, prompts, num_samples, temperatures, max_new_tokens) -> Rollout:
         rows, temps, groups = [], [], []
         for g, (p, n, t) in enumerate(zip(prompts, num_samples, temperatures)):
@@ -106,8 +105,10 @@ class HFEngine:
         chunk = self.generation_batch_size or len(rows)
         outs = []
         for s in range(0, len(rows), chunk):
-            outs.append(self._sample(prompt_ids[s:s + chunk], prompt_mask[s:s + chunk],
-                                     temperature[s:s + chunk], max_new_tokens))
+            with torch.inference_mode():  # cheaper than no_grad; outputs cloned out of it
+                out = self._sample(prompt_ids[s:s + chunk], prompt_mask[s:s + chunk],
+                                   temperature[s:s + chunk], max_new_tokens)
+            outs.append(out.clone())
         width = max(o.shape[1] for o in outs)
         completion_ids = torch.cat(
             [torch.nn.functional.pad(o, (0, width - o.shape[1]), value=pad) for o in outs])
