@@ -18,6 +18,12 @@ def test_defaults_and_overrides(tmp_path):
     assert cfg.temperature == 1.0 and cfg.method == "grpo" and cfg.resume == "auto"
 
 
+def test_none_is_a_choice_or_a_null_by_field_type():
+    cfg = load_config(None, ["scale_rewards=none", "dual_clip=none", "epsilon_high=null"])
+    assert cfg.scale_rewards == "none"
+    assert cfg.dual_clip is None and cfg.epsilon_high is None
+
+
 @pytest.mark.parametrize("text,overrides,fragment", [
     ("max_steps: 5\nbogus_key: 1\n", [], "c.yaml:2: unknown config key 'bogus_key'"),
     ("max_steps: five\n", [], "c.yaml:1: max_steps: expected an integer"),

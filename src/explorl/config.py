@@ -156,8 +156,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (value is None or value in ("none", "None")):
+            return None  # `key=none` on the command line clears an optional value
         errors = []
         for arg in args:
             if arg is type(None):
@@ -224,10 +224,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, (dict,)) or value is None and raw.strip() not in ("null", "~", "none"):
-        value = raw
-    if isinstance(value, str) and value.lower() == "none":
-        value = None
+    if isinstance(value, dict) or value is None and raw.strip() not in ("null", "~"):
+        value = raw  # keep text such as "a: b" or "" as written
     return key, value
 
 

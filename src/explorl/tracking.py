@@ -195,6 +195,14 @@ def _draw_smoothed(ax, x: np.ndarray, y: np.ndarray, *, label: str, color: str =
     ax.plot(x, moving_average(y, window), color=color, linewidth=1.8, label=label)
 
 
+def _before_accuracy(run_dir: Path) -> float | None:
+    try:
+        before = json.loads((run_dir / "summary.json").read_text())["before"]["accuracy"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(before) if _is_number(before) else None
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     """Plot a run's ``metrics.jsonl`` into ``run_dir/plots`` and return the PNGs written.
 
@@ -225,9 +233,12 @@ def plot_run(run_dir: Path) -> list[Path]:
         ax.legend(loc="best", fontsize="small")
         written.append(save_figure(fig, out / "reward.png"))
 
-    # accuracy (train, plus held-out eval points)
+    # accuracy (train, plus held-out eval points; the evaluation before training at step 0)
     x, y = series(records, "accuracy")
     ex, ey = series(records, "eval/accuracy")
+    before = _before_accuracy(run_dir)
+    if before is not None:
+        ex, ey = np.concatenate([[0.0], ex]), np.concatenate([[before], ey])
     if len(y) or len(ey):
         fig, ax = new_figure("Accuracy", "step", "accuracy")
         if len(y):

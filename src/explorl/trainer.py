@@ -358,11 +358,14 @@ class Trainer:
             self.before = self.evaluate()
         progress = Progress(cfg.max_steps, initial=self.step_done, enabled=cfg.progress)
         start = time.perf_counter()
+        after = None
         try:
             for step in range(self.step_done + 1, cfg.max_steps + 1):
                 metrics = self.step(step)
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                    metrics["eval/accuracy"] = (self.evaluate() or {}).get("accuracy")
+                if step == cfg.max_steps or cfg.eval_every and step % cfg.eval_every == 0:
+                    result = self.evaluate()
+                    after = result if step == cfg.max_steps else None
+                    metrics["eval/accuracy"] = (result or {}).get("accuracy")
                 log.write(metrics)
                 progress.update(metrics)
                 self.step_done = step
@@ -371,7 +374,8 @@ class Trainer:
         finally:
             progress.close()
             log.close()
-        after = self.evaluate()
+        if after is None:  # resumed at max_steps: the final evaluation was not logged here
+            after = self.evaluate()
         return self._finish(after, time.perf_counter() - start)
 
     def _finish(self, after: dict | None, seconds: float) -> dict:
