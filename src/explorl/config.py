@@ -92,6 +92,32 @@ class TrainConfig:
     success_threshold: float = 1.0
     """A sample counts as correct when the first reward function gives at least this."""
 
+    # --- E3: rollout budgets and entropy-keeping temperature (Liao et al. 2025) ---------------
+    budget: Literal["uniform", "e3"] = "uniform"
+    """``e3``: per-prompt sample counts from difficulty statistics, same total per step."""
+    budget_rule: Literal["mixed", "rank"] = "mixed"
+    """``mixed``: maximise expected mixed-outcome groups; ``rank``: the paper's rank rule."""
+    budget_min: int = 4
+    budget_max: int = 12
+    """Hard bounds on samples per prompt (for ``rank``, where its bounds schedule ends)."""
+    budget_delta: int = 2
+    """``rank`` only: the bounds widen from num_generations by this much per epoch."""
+    budget_rerank: Literal["step", "epoch"] = "step"
+    budget_prior_strength: float = 2.0
+    """Pseudo-samples of the Beta prior (centred on the run's pass rate) in ``mixed``."""
+    temperature_control: Literal["none", "e3"] = "none"
+    """``e3``: raise the sampling temperature as entropy falls; ``temperature`` is the start."""
+    entropy_target: float | None = None
+    """Default: the mean entropy of the first ``entropy_target_steps`` steps."""
+    entropy_target_steps: int = 10
+    entropy_ema: float = 0.0
+    """Smoothing of the measured entropy (0: none)."""
+    temperature_min: float = 0.5
+    temperature_max: float = 2.0
+    temperature_anneal_fraction: float = 0.0
+    """Decay the target on a cosine over this last fraction of max_steps (the paper: 0.4)."""
+    temperature_anneal_ratio: float = 0.9
+
     # --- evaluation, checkpoints, logging ------------------------------------------------------
     eval_every: int = 100
     """Held-out greedy evaluation every N steps (0: only before and after training)."""
@@ -294,6 +320,23 @@ def validate(cfg: TrainConfig, lines: _Lines | None = None) -> None:
          and cfg.scale_rewards == "batch", "num_generations",
          f"group-relative advantages need at least 2 generations per prompt, got "
          f"{cfg.num_generations}")
+    if cfg.budget == "e3":
+        need(1 <= cfg.budget_min <= cfg.num_generations <= cfg.budget_max, "budget_min",
+             f"need 1 <= budget_min ({cfg.budget_min}) <= num_generations "
+             f"({cfg.num_generations}) <= budget_max ({cfg.budget_max})")
+        need(cfg.budget_delta >= 0, "budget_delta", "must be >= 0")
+        need(cfg.budget_prior_strength > 0, "budget_prior_strength", "must be > 0")
+    if cfg.temperature_control == "e3":
+        need(0 < cfg.temperature_min <= cfg.temperature <= cfg.temperature_max, "temperature",
+             f"the starting temperature {cfg.temperature} must lie in [temperature_min, "
+             f"temperature_max] = [{cfg.temperature_min}, {cfg.temperature_max}]")
+        need(cfg.entropy_target is None or cfg.entropy_target > 0, "entropy_target", "must be > 0")
+        need(cfg.entropy_target_steps >= 1, "entropy_target_steps", "must be >= 1")
+        need(0 <= cfg.entropy_ema < 1, "entropy_ema", "must be in [0, 1)")
+        need(0 <= cfg.temperature_anneal_fraction < 1, "temperature_anneal_fraction",
+             "must be in [0, 1)")
+        need(0 < cfg.temperature_anneal_ratio <= 1, "temperature_anneal_ratio",
+             "must be in (0, 1]")
     if cfg.reward_weights is not None:
         need(len(cfg.reward_weights) == len(cfg.reward_funcs), "reward_weights",
              f"{len(cfg.reward_weights)} weights for {len(cfg.reward_funcs)} reward functions")

@@ -32,7 +32,10 @@ from explorl.data.loaders import columns_of, load_rows
 from explorl.data.prompts import PromptCodec
 from explorl.errors import UserError
 from explorl.evaluation import evaluate
+from explorl.exploration.budget import RolloutBudget
+from explorl.exploration.temperature import EntropyKeeper
 from explorl.models.policy import (
+    TokenStats,
     completion_logprobs,
     disable_dropout,
     load_model,
@@ -133,6 +136,15 @@ class Trainer:
                                weight_decay=cfg.weight_decay,
                                betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.sampler = PromptSampler(len(self.train_rows), cfg.prompts_per_step, cfg.seed)
+        self.budget = RolloutBudget(
+            cfg.num_generations, cfg.budget_min, cfg.budget_max, cfg.budget_rule,
+            cfg.budget_delta, cfg.budget_rerank, cfg.budget_prior_strength, cfg.seed,
+        ) if cfg.budget == "e3" else None
+        self.keeper = EntropyKeeper(
+            cfg.temperature, self.model.config.vocab_size, cfg.max_steps, cfg.entropy_target,
+            cfg.entropy_target_steps, cfg.entropy_ema, cfg.temperature_min,
+            cfg.temperature_max, cfg.temperature_anneal_fraction, cfg.temperature_anneal_ratio,
+        ) if cfg.temperature_control == "e3" else None
         self.out = Path(cfg.output_dir)
         self.step_done = 0
         self.tokens_total = 0
@@ -175,12 +187,14 @@ class Trainer:
         cfg = self.cfg
         t0 = time.perf_counter()
 
-        # 1. Rollouts: num_generations samples for each prompt of the batch.
+        # 1. Rollouts: samples per prompt (E3 budget, else num_generations) at the current
+        #    temperature (E3 entropy keeping, else the configured one).
         indices = self.sampler.next()
         rows = [self.train_rows[i] for i in indices]
         prompts = [self.prompt_ids[i] for i in indices]
-        rollout = self.engine.generate(prompts, [cfg.num_generations] * len(prompts),
-                                       [cfg.temperature] * len(prompts),
+        counts = self.sample_counts(rows, step)
+        temperature = self.keeper.temperature if self.keeper else cfg.temperature
+        rollout = self.engine.generate(prompts, counts, [temperature] * len(prompts),
                                        cfg.max_completion_length)
         t1 = time.perf_counter()
 
@@ -209,7 +223,30 @@ class Trainer:
             update = self.update(batch)
         t3 = time.perf_counter()
 
-        return self.step_metrics(rollout, rewards, update, (t1 - t0, t2 - t1, t3 - t2), step)
+        # 5. Controllers observe: pass rates -> difficulty, entropy -> next temperature.
+        passed = self.passed(rewards)
+        if self.budget:
+            self.budget.stats.update(
+                [str(r["prompt_id"]) for r in rows],
+                [passed[(rollout.group_ids == g) & ~rewards.total.isnan()].tolist()
+                 for g in range(len(rows))])
+        metrics = self.step_metrics(rollout, rewards, passed, update,
+                                    (t1 - t0, t2 - t1, t3 - t2), step)
+        if self.keeper:
+            metrics["entropy_target"] = self.keeper.current_target(step)
+            self.keeper.observe(step, update["entropy"])
+        return metrics
+
+    def sample_counts(self, rows: list[dict], step: int) -> list[int]:
+        if self.budget is None:
+            return [self.cfg.num_generations] * len(rows)
+        self.budget.new_epoch(self.sampler.epoch)
+        return self.budget.allocate([str(r["prompt_id"]) for r in rows], step)
+
+    def passed(self, rewards: Rewards) -> torch.Tensor:
+        """Correct samples: the first reward function at or above ``success_threshold``."""
+        first = next(iter(rewards.per_func.values()))
+        return (first >= self.cfg.success_threshold) & ~first.isnan()
 
     def score(self, rows: list[dict], rollout: Rollout) -> Rewards:
         per_sample = [rows[g] for g in rollout.group_ids.tolist()]
@@ -227,19 +264,20 @@ class Trainer:
         (several iterations). With one update per batch the ratio is exactly 1."""
         if self.cfg.num_iterations == 1:
             return None
-        return self._logps(self.model, rollout, with_entropy=False)[0]
+        return self._logps(self.model, rollout, with_entropy=False).logps
 
     @torch.no_grad()
     def ref_logps(self, rollout: Rollout) -> torch.Tensor | None:
         if self.ref_model is None:
             return None
-        return self._logps(self.ref_model, rollout, with_entropy=False)[0]
+        return self._logps(self.ref_model, rollout, with_entropy=False).logps
 
-    def _logps(self, model, rollout: Rollout, rows=slice(None), with_entropy: bool | str = True):
+    def _logps(self, model, rollout: Rollout, rows=slice(None), with_entropy: bool | str = True,
+               entropy_at_one: bool = False) -> TokenStats:
         return completion_logprobs(
             model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
             rollout.completion_ids[rows], rollout.completion_mask[rows],
-            rollout.temperatures[rows], with_entropy=with_entropy)
+            rollout.temperatures[rows], with_entropy=with_entropy, entropy_at_one=entropy_at_one)
 
     def update(self, batch: Batch) -> dict:
         """One optimizer step over the batch (in micro-batches if asked), loss = the whole
@@ -250,13 +288,15 @@ class Trainer:
                           cfg.max_completion_length)
         eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
         size = cfg.micro_batch_size or n
-        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0}
+        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "entropy_t1": 0.0, "clip_fraction": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
         for s in range(0, n, size):
             rows = slice(s, s + size)
             mask = batch.loss_mask[rows]
-            logps, entropy = self._logps(self.model, batch.rollout, rows,
-                                         with_entropy="grad" if cfg.entropy_coef else True)
+            logps, entropy, entropy_t1 = self._logps(
+                self.model, batch.rollout, rows,
+                with_entropy="grad" if cfg.entropy_coef else True,
+                entropy_at_one=self.keeper is not None)
             old = logps.detach() if batch.old_logps is None else batch.old_logps[rows]
             per_token, bound = clipped_surrogate(logps, old, batch.advantages[rows],
                                                  cfg.epsilon, eps_high, cfg.dual_clip)
@@ -271,26 +311,34 @@ class Trainer:
             sums["loss"] += float(loss.detach())
             full = batch.rollout.completion_mask[rows]
             sums["entropy"] += float((entropy.detach() * full).sum())
+            if entropy_t1 is not None:
+                sums["entropy_t1"] += float((entropy_t1 * full).sum())
             sums["clip_fraction"] += float((bound.float() * mask).sum())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         tokens = max(norm.num_tokens, 1)
-        return {"loss": sums["loss"], "kl": sums["kl"] / tokens,
-                "entropy": sums["entropy"] / max(int(batch.rollout.completion_mask.sum()), 1),
-                "clip_fraction": sums["clip_fraction"] / tokens, "grad_norm": float(grad_norm)}
+        generated = max(int(batch.rollout.completion_mask.sum()), 1)
+        out = {"loss": sums["loss"], "kl": sums["kl"] / tokens,
+               "entropy": sums["entropy"] / generated,
+               "clip_fraction": sums["clip_fraction"] / tokens, "grad_norm": float(grad_norm)}
+        if self.keeper is not None:
+            out["entropy_t1"] = sums["entropy_t1"] / generated
+        return out
 
-    def step_metrics(self, rollout: Rollout, rewards: Rewards, update: dict,
-                     times: tuple[float, float, float], step: int) -> dict:
+    def step_metrics(self, rollout: Rollout, rewards: Rewards, correct: torch.Tensor,
+                     update: dict, times: tuple[float, float, float], step: int) -> dict:
         r = rewards.total
         known = r[~r.isnan()]
-        first = next(iter(rewards.per_func.values()))
-        correct = (first >= self.cfg.success_threshold) & ~first.isnan()
         groups = rollout.group_ids
         n_groups = int(groups.max()) + 1
-        zero_std = 0
+        zero_std = all_wrong = all_right = 0  # groups; and rollouts in all-wrong/right groups
         for g in range(n_groups):
-            vals = r[(groups == g) & ~r.isnan()]
+            member = (groups == g) & ~r.isnan()
+            vals = r[member]
             zero_std += int(vals.numel() > 0 and bool((vals == vals[0]).all()))
+            ok = correct[member]
+            all_wrong += int(ok.numel()) if ok.numel() and not bool(ok.any()) else 0
+            all_right += int(ok.numel()) if ok.numel() and bool(ok.all()) else 0
         tokens = int(rollout.completion_mask.sum())
         self.tokens_total += tokens
         m = {
@@ -299,6 +347,8 @@ class Trainer:
             "reward/std": float(known.std()) if known.numel() > 1 else 0.0,
             "accuracy": float(correct.float().mean()),
             "frac_zero_std_groups": zero_std / n_groups,
+            "frac_rollouts_all_wrong": all_wrong / len(rollout),
+            "frac_rollouts_all_right": all_right / len(rollout),
             **update,
             "completion_length/mean": float(rollout.lengths.float().mean()),
             "truncated_fraction": float(rollout.truncated.float().mean()),
@@ -312,6 +362,8 @@ class Trainer:
             "time/update": times[2],
             "time/step": sum(times),
         }
+        if self.budget:
+            m["samples_per_prompt"] = torch.bincount(groups, minlength=n_groups).tolist()
         for name, v in rewards.per_func.items():
             k = v[~v.isnan()]
             m[f"reward/{name}/mean"] = float(k.mean()) if k.numel() else math.nan
@@ -340,13 +392,19 @@ class Trainer:
             self.tokens_total = state["tokens_total"]
             self.before = state["before"]
             self.sampler.load(state["sampler"])
+            if self.budget:
+                self.budget.load(state["budget"])
+            if self.keeper:
+                self.keeper.load(state["keeper"])
             truncate_metrics(out / "metrics.jsonl", self.step_done)
         save_config(cfg, out / "config.yaml")
         return MetricsLog(out / "metrics.jsonl", append=bool(checkpoints))
 
     def _checkpoint(self, step: int) -> None:
         state = {"tokens_total": self.tokens_total, "before": self.before,
-                 "sampler": self.sampler.state()}
+                 "sampler": self.sampler.state(),
+                 "budget": self.budget.state() if self.budget else None,
+                 "keeper": self.keeper.state() if self.keeper else None}
         save_checkpoint(self.out, step, self.model, self.tokenizer, self.optimizer, state,
                         self.cfg.save_total_limit)
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +68,12 @@ def positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+class TokenStats(NamedTuple):
+    logps: torch.Tensor  # [N, Lc] under logits / T
+    entropy: torch.Tensor | None  # [N, Lc] under logits / T
+    entropy_t1: torch.Tensor | None  # [N, Lc] under the untempered logits, when asked
+
+
 def completion_logprobs(
     model: PreTrainedModel,
     prompt_ids: torch.Tensor,
@@ -75,11 +82,13 @@ def completion_logprobs(
     completion_mask: torch.Tensor,
     temperatures: torch.Tensor,
     with_entropy: bool | str = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    entropy_at_one: bool = False,
+) -> TokenStats:
     """Log-prob of each completion token and the entropy of each position's distribution.
 
     Shapes: prompt [N, Lp] (left-padded), completion [N, Lc] (right-padded), temperatures [N].
-    Returns ``(logps [N, Lc], entropy [N, Lc] or None)``, both under ``logits / T``. The
+    Returns ``(logps, entropy, entropy_t1)``, each ``[N, Lc]``: log-probs and entropy under
+    ``logits / T``, and (with ``entropy_at_one``) the entropy of the untempered logits. The
     entropy carries gradients only with ``with_entropy="grad"`` (an entropy bonus needs them).
     """
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
@@ -93,7 +102,8 @@ def completion_logprobs(
         use_cache=False,
         logits_to_keep=n_completion + 1,
     )
-    logits = out.logits[:, :-1, :].float() / temperatures.view(-1, 1, 1)
+    raw = out.logits[:, :-1, :].float()
+    logits = raw / temperatures.view(-1, 1, 1)
     logp_all = F.log_softmax(logits, dim=-1)
     logps = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
@@ -102,4 +112,9 @@ def completion_logprobs(
     elif with_entropy:
         with torch.no_grad():  # a metric only: keep it out of the graph
             entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logps, entropy
+    entropy_t1 = None
+    if entropy_at_one:
+        with torch.no_grad():
+            logp1 = F.log_softmax(raw.detach(), dim=-1)
+            entropy_t1 = -(logp1.exp() * logp1).sum(-1)
+    return TokenStats(logps, entropy, entropy_t1)

@@ -1,0 +1,1 @@
+"""Exploration methods: E3 rollout budgets and entropy-keeping temperature."""

@@ -1,0 +1,174 @@
+"""E3 rollout budgets: more samples where a group is likely to be informative, same total.
+
+Liao et al., "Enhancing Efficiency and Exploration in Reinforcement Learning for LLMs" (EMNLP
+2025). Each prompt's pass statistics are kept over the whole run (keyed by a stable prompt id).
+A batch of B prompts with base n samples each gets ``n_i`` samples, ``sum n_i = n * B`` and
+``n_min <= n_i <= n_max`` (hard bounds), by one of two rules:
+
+* ``rank``: the paper's rule. Prompts are ranked by pass rate over all prompts seen so far
+  (easiest first, ties at random); ``rank_i = position / N`` in [0, 1);
+  ``n_i = floor(n_min + (R - n_min * B) * rank_i / sum_j rank_j)``; the leftover goes one by one
+  to the hardest prompts that are still below ``n_max``.
+* ``mixed``: ours. With a pass-rate estimate p_i (a Beta prior centred on the run's mean pass
+  rate for prompts seen little or never), a group of n is informative (mixed outcomes) with
+  probability ``1 - p^n - (1 - p)^n``. Samples are handed out one at a time to the largest gain
+  in that probability; the gains shrink with n, so the greedy hand-out maximises the expected
+  number of informative groups.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class DifficultyStats:
+    """Running passes and sample counts per prompt id, never reset."""
+
+    def __init__(self) -> None:
+        self.passes: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def update(self, prompt_ids: list[str], passed: list[list[bool]]) -> None:
+        """``passed[i]`` are the pass flags of prompt ``prompt_ids[i]``'s known samples."""
+        for pid, flags in zip(prompt_ids, passed):
+            self.passes[pid] = self.passes.get(pid, 0.0) + float(sum(flags))
+            self.counts[pid] = self.counts.get(pid, 0) + len(flags)
+
+    def mean_pass_rate(self) -> float:
+        total = sum(self.counts.values())
+        return sum(self.passes.values()) / total if total else 0.5
+
+    def estimate(self, pid: str, prior_strength: float) -> float:
+        """Posterior-mean pass rate with a Beta prior centred on the run's mean pass rate."""
+        prior = self.mean_pass_rate()
+        return (self.passes.get(pid, 0.0) + prior_strength * prior) / (
+            self.counts.get(pid, 0) + prior_strength)
+
+    def rate(self, pid: str) -> float | None:
+        n = self.counts.get(pid, 0)
+        return self.passes[pid] / n if n else None
+
+    def state(self) -> dict:
+        return {"passes": self.passes, "counts": self.counts}
+
+    def load(self, state: dict) -> None:
+        self.passes = {k: float(v) for k, v in state["passes"].items()}
+        self.counts = {k: int(v) for k, v in state["counts"].items()}
+
+
+def _check(total: int, size: int, n_min: int, n_max: int) -> None:
+    if not n_min * size <= total <= n_max * size:
+        raise ValueError(f"cannot give {total} samples to {size} prompts within "
+                         f"[{n_min}, {n_max}] each")
+
+
+def rank_allocation(ranks: list[float], total: int, n_min: int, n_max: int,
+                    rng: np.random.Generator) -> list[int]:
+    """The paper's rank-proportional rule, with ``n_max`` a hard cap. ``ranks`` in [0, 1),
+    larger = harder. Ties among equally hard prompts for the leftover are broken by ``rng``."""
+    size = len(ranks)
+    _check(total, size, n_min, n_max)
+    r = np.asarray(ranks, dtype=float)
+    spare = total - n_min * size
+    if r.sum() > 0:
+        n = np.floor(n_min + spare * r / r.sum()).astype(int)
+    else:  # no prompt is harder than another: split evenly, remainder at random
+        n = np.full(size, n_min + spare // size)
+    n = np.minimum(n, n_max)
+    hardest_first = np.lexsort((rng.random(size), -r))
+    while n.sum() < total:
+        for i in hardest_first:
+            if n.sum() < total and n[i] < n_max:
+                n[i] += 1
+    return n.tolist()
+
+
+def p_mixed(p: np.ndarray | float, n: np.ndarray | int) -> np.ndarray | float:
+    """Probability that n independent samples with pass rate p are neither all right nor all
+    wrong."""
+    return 1.0 - p ** n - (1.0 - p) ** n
+
+
+def mixed_allocation(pass_rates: list[float], total: int, n_min: int, n_max: int,
+                     rng: np.random.Generator) -> list[int]:
+    """Maximise the expected number of mixed-outcome groups: start every prompt at ``n_min``,
+    then give each further sample to the prompt whose P(mixed) gains most (ties at random)."""
+    size = len(pass_rates)
+    _check(total, size, n_min, n_max)
+    p = np.asarray(pass_rates, dtype=float)
+    n = np.full(size, n_min)
+    tiebreak = rng.random(size)
+    for _ in range(total - n_min * size):
+        gain = p_mixed(p, n + 1) - p_mixed(p, n)
+        gain = np.where(n < n_max, gain, -np.inf)
+        best = np.flatnonzero(gain == gain.max())
+        n[best[np.argmax(tiebreak[best])]] += 1
+    return n.tolist()
+
+
+class RolloutBudget:
+    """Per-batch sample counts from difficulty statistics (``budget=e3``).
+
+    ``rule``: ``mixed`` (default) or ``rank``. Bounds: for ``mixed``, ``[n_low, n_high]`` from
+    the start; for ``rank``, the paper's schedule: both bounds start at n and widen by ``delta``
+    per epoch until ``[n_low, n_high]``. ``rerank``: refresh pass-rate estimates (``mixed``) or
+    ranks (``rank``) every ``step`` or once per ``epoch``.
+    """
+
+    def __init__(self, n: int, n_low: int, n_high: int, rule: str = "mixed", delta: int = 2,
+                 rerank: str = "step", prior_strength: float = 2.0, seed: int = 0):
+        self.n, self.n_low, self.n_high = n, n_low, n_high
+        self.rule, self.delta, self.rerank = rule, delta, rerank
+        self.prior_strength, self.seed = prior_strength, seed
+        self.stats = DifficultyStats()
+        self.epoch = 0
+        self.frozen: dict | None = None  # estimates or ranks fixed for the current epoch
+
+    def bounds(self) -> tuple[int, int]:
+        if self.rule == "mixed":
+            return self.n_low, self.n_high
+        widen = self.delta * self.epoch
+        return max(self.n - widen, self.n_low), min(self.n + widen, self.n_high)
+
+    def new_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.frozen = None
+
+    def _snapshot(self, rng: np.random.Generator, only: list[str] | None = None) -> dict:
+        """Pass-rate estimates (``mixed``) or ranks in [0, 1) (``rank``) per prompt id, and the
+        value for a prompt not in the table. Ranks need every prompt seen so far; unseen prompts
+        get the lowest rank, as in the paper."""
+        if self.rule == "mixed":
+            pids = only if only is not None else list(self.stats.counts)
+            table = {pid: self.stats.estimate(pid, self.prior_strength) for pid in pids}
+            return {"table": table, "default": self.stats.mean_pass_rate()}
+        seen = list(self.stats.counts)
+        rates = np.array([self.stats.rate(pid) for pid in seen])
+        order = np.lexsort((rng.random(len(seen)), -rates))  # easiest first, ties at random
+        return {"table": {seen[i]: pos / len(seen) for pos, i in enumerate(order)},
+                "default": 0.0}
+
+    def allocate(self, prompt_ids: list[str], step: int) -> list[int]:
+        """Samples per prompt for this batch; the same on every process for a given step."""
+        rng = np.random.default_rng([self.seed, step])
+        if self.rerank == "epoch":
+            if self.frozen is None:
+                self.frozen = self._snapshot(rng)
+            snapshot = self.frozen
+        else:
+            snapshot = self._snapshot(rng, prompt_ids if self.rule == "mixed" else None)
+        values = [snapshot["table"].get(pid, snapshot["default"]) for pid in prompt_ids]
+        lo, hi = self.bounds()
+        total = self.n * len(prompt_ids)
+        if self.rule == "mixed":
+            return mixed_allocation(values, total, lo, hi, rng)
+        return rank_allocation(values, total, lo, hi, rng)
+
+    def state(self) -> dict:
+        return {"stats": self.stats.state(), "epoch": self.epoch, "frozen": self.frozen}
+
+    def load(self, state: dict) -> None:
+        self.stats.load(state["stats"])
+        self.epoch = state["epoch"]
+        self.frozen = state["frozen"]
