@@ -137,3 +137,13 @@ def test_bring_your_own_model_data_and_reward(tmp_path):
     # weighted sum: 1.0 * exact match + 2.0 * 0.5
     assert rows[0]["reward/mean"] == pytest.approx(1.0 + rows[0]["reward/arithmetic/mean"])
     assert summary["before"]["n"] == 8
+
+
+def test_pass_at_k_before_and_after(tmp_path):
+    cfg = TrainConfig(output_dir=str(tmp_path / "r"), max_steps=1, prompts_per_step=2,
+                      num_generations=2, eval_pass_k=[1, 4], save_every=0, **FAST)
+    summary = Trainer(cfg).train()
+    for when in ("before", "after"):
+        p = summary[when]["pass_at_k"]
+        assert set(p) == {"1", "4"} and 0 <= p["1"] <= p["4"] <= 1
+        assert summary[when]["avg_at_4"] == pytest.approx(p["1"])  # pass@1 is avg@n

@@ -110,8 +110,8 @@ class TrainConfig:
     entropy_target: float | None = None
     """Default: the mean entropy of the first ``entropy_target_steps`` steps."""
     entropy_target_steps: int = 10
-    entropy_ema: float = 0.0
-    """Smoothing of the measured entropy (0: none)."""
+    entropy_ema: float = 0.9
+    """Smoothing of the measured entropy (0: none): one batch's entropy is noisy."""
     temperature_min: float = 0.5
     temperature_max: float = 2.0
     temperature_anneal_fraction: float = 0.0
@@ -119,6 +119,10 @@ class TrainConfig:
     temperature_anneal_ratio: float = 0.9
 
     # --- evaluation, checkpoints, logging ------------------------------------------------------
+    eval_pass_k: list[int] = field(default_factory=list)
+    """k values of held-out pass@k (unbiased, from max(k) samples per prompt at
+    ``eval_temperature``) before and after training, e.g. ``[1, 4, 16]``; empty: greedy only."""
+    eval_temperature: float = 1.0
     eval_every: int = 100
     """Held-out greedy evaluation every N steps (0: only before and after training)."""
     save_every: int = 100
@@ -308,6 +312,8 @@ def validate(cfg: TrainConfig, lines: _Lines | None = None) -> None:
     for key in ("warmup_steps", "eval_every", "save_every", "micro_batch_size"):
         need(getattr(cfg, key) >= 0, key, f"must be >= 0, got {getattr(cfg, key)}")
     need(cfg.temperature > 0, "temperature", f"must be > 0, got {cfg.temperature}")
+    need(cfg.eval_temperature > 0, "eval_temperature", "must be > 0")
+    need(all(k >= 1 for k in cfg.eval_pass_k), "eval_pass_k", "every k must be >= 1")
     need(0 < cfg.top_p <= 1, "top_p", f"must be in (0, 1], got {cfg.top_p}")
     need(cfg.learning_rate > 0, "learning_rate", f"must be > 0, got {cfg.learning_rate}")
     need(cfg.epsilon >= 0, "epsilon", f"must be >= 0, got {cfg.epsilon}")

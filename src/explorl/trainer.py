@@ -371,12 +371,13 @@ class Trainer:
         return m
 
     # --- the run -----------------------------------------------------------------------------
-    def evaluate(self) -> dict | None:
+    def evaluate(self, pass_k: list[int] | tuple = ()) -> dict | None:
         if not self.eval_rows:
             return None
         return evaluate(self.model, self.tokenizer, self.eval_rows, self.reward_funcs[0],
-                        self.cfg.max_completion_length, threshold=self.cfg.success_threshold,
-                        codec=self.codec)
+                        self.cfg.max_completion_length, pass_k=tuple(pass_k),
+                        temperature=self.cfg.eval_temperature,
+                        threshold=self.cfg.success_threshold, codec=self.codec)
 
     def _prepare_output(self) -> MetricsLog:
         cfg, out = self.cfg, self.out
@@ -413,7 +414,7 @@ class Trainer:
         cfg = self.cfg
         log = self._prepare_output()
         if self.before is None:
-            self.before = self.evaluate()
+            self.before = self.evaluate(cfg.eval_pass_k)
         progress = Progress(cfg.max_steps, initial=self.step_done, enabled=cfg.progress)
         start = time.perf_counter()
         after = None
@@ -421,7 +422,7 @@ class Trainer:
             for step in range(self.step_done + 1, cfg.max_steps + 1):
                 metrics = self.step(step)
                 if step == cfg.max_steps or cfg.eval_every and step % cfg.eval_every == 0:
-                    result = self.evaluate()
+                    result = self.evaluate(cfg.eval_pass_k if step == cfg.max_steps else ())
                     after = result if step == cfg.max_steps else None
                     metrics["eval/accuracy"] = (result or {}).get("accuracy")
                 log.write(metrics)
@@ -433,7 +434,7 @@ class Trainer:
             progress.close()
             log.close()
         if after is None:  # resumed at max_steps: the final evaluation was not logged here
-            after = self.evaluate()
+            after = self.evaluate(cfg.eval_pass_k)
         return self._finish(after, time.perf_counter() - start)
 
     def _finish(self, after: dict | None, seconds: float) -> dict:
