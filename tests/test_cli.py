@@ -33,6 +33,11 @@ def test_train_writes_outputs_and_resumes(tmp_path):
     steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert json.loads((out / "summary.json").read_text())["before"] == summary["before"]
+    # a run directory evaluates its final model
+    r = explorl("eval", str(out), "--json", "--size", "40", "--pass-k", "1")
+    assert r.returncode == 0, r.stderr
+    after = json.loads((out / "summary.json").read_text())["after"]["accuracy"]
+    assert json.loads(r.stdout)["accuracy"] == pytest.approx(after)
 
 
 def test_eval_json(tmp_path):

@@ -124,7 +124,7 @@ def test_bring_your_own_model_data_and_reward(tmp_path):
         return [0.5] * len(completions)
 
     cfg = TrainConfig(model=str(tmp_path / "m"), dataset=str(data), eval_dataset=str(data),
-                      reward_funcs=["arithmetic", spy], reward_weights=[1.0, 2.0],
+                      reward_funcs=["arithmetic", spy, spy], reward_weights=[1.0, 2.0, 0.0],
                       output_dir=str(tmp_path / "run"), max_steps=2, prompts_per_step=2,
                       num_generations=3, max_completion_length=4, **FAST)
     trainer = Trainer(cfg)
@@ -136,6 +136,7 @@ def test_bring_your_own_model_data_and_reward(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # weighted sum: 1.0 * exact match + 2.0 * 0.5
     assert rows[0]["reward/mean"] == pytest.approx(1.0 + rows[0]["reward/arithmetic/mean"])
+    assert rows[0]["reward/spy/mean"] == rows[0]["reward/spy_2/mean"] == 0.5
     assert summary["before"]["n"] == 8
 
 

@@ -88,6 +88,16 @@ class Batch:
     ref_logps: torch.Tensor | None  # [N, L], None when beta == 0
 
 
+def unique_names(funcs: list[tuple[str, object]]) -> list[tuple[str, object]]:
+    """Two reward functions of the same name get ``name``, ``name_2``: metrics stay apart."""
+    seen: dict[str, int] = {}
+    out = []
+    for name, fn in funcs:
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name if seen[name] == 1 else f"{name}_{seen[name]}", fn))
+    return out
+
+
 def adamw(params, **kwargs) -> torch.optim.AdamW:
     """AdamW with the fused kernel where the device has one (CPU and CUDA do)."""
     params = list(params)
@@ -121,7 +131,7 @@ class Trainer:
         self.codec = PromptCodec(self.tokenizer, cfg.apply_chat_template, cfg.max_prompt_length)
         self.train_rows, self.eval_rows, default_reward = self._load_data()
         specs = cfg.reward_funcs or [default_reward]
-        self.reward_funcs = [resolve(s) for s in specs]
+        self.reward_funcs = unique_names([resolve(s) for s in specs])
         self.reward_weights = cfg.reward_weights or [1.0] * len(self.reward_funcs)
         self.prompt_ids = [self.codec.encode(r["prompt"]) for r in self.train_rows]
         self.model = load_model(cfg.model)
