@@ -1,7 +1,7 @@
 """``explorl compare``: several configurations x N seeds, one table and shared plots.
 
 A SPEC is a preset name (``grpo``, ``dapo``, ``dr_grpo``, ``rloo``, ``e3_budget``,
-``e3_temperature``, ``e3``), presets joined with ``+``,
+``e3_budget_mixed``, ``e3_temperature``, ``e3``), presets joined with ``+``,
 or ``label:key=value,key=value``. Each run lives in ``<output>/<label>/seed<k>``; rerunning the
 same command resumes unfinished runs and reuses finished ones.
 """
@@ -20,6 +20,7 @@ PRESETS: dict[str, list[str]] = {
     "dr_grpo": ["loss_type=dr_grpo", "advantage_estimator=dr_grpo", "scale_rewards=none"],
     "rloo": ["advantage_estimator=rloo"],
     "e3_budget": ["budget=e3"],
+    "e3_budget_mixed": ["budget=e3", "budget_rule=mixed"],
     "e3_temperature": ["temperature_control=e3"],
     "e3": ["budget=e3", "temperature_control=e3"],
 }

@@ -95,8 +95,9 @@ class TrainConfig:
     # --- E3: rollout budgets and entropy-keeping temperature (Liao et al. 2025) ---------------
     budget: Literal["uniform", "e3"] = "uniform"
     """``e3``: per-prompt sample counts from difficulty statistics, same total per step."""
-    budget_rule: Literal["mixed", "rank"] = "mixed"
-    """``mixed``: maximise expected mixed-outcome groups; ``rank``: the paper's rank rule."""
+    budget_rule: Literal["rank", "mixed"] = "rank"
+    """``rank``: the paper's rank rule (cut zero-advantage rollouts most in docs/e3.md);
+    ``mixed``: maximise the expected number of mixed-outcome groups."""
     budget_min: int = 4
     budget_max: int = 12
     """Hard bounds on samples per prompt (for ``rank``, where its bounds schedule ends)."""

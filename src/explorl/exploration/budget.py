@@ -109,13 +109,13 @@ def mixed_allocation(pass_rates: list[float], total: int, n_min: int, n_max: int
 class RolloutBudget:
     """Per-batch sample counts from difficulty statistics (``budget=e3``).
 
-    ``rule``: ``mixed`` (default) or ``rank``. Bounds: for ``mixed``, ``[n_low, n_high]`` from
+    ``rule``: ``rank`` (default) or ``mixed``. Bounds: for ``mixed``, ``[n_low, n_high]`` from
     the start; for ``rank``, the paper's schedule: both bounds start at n and widen by ``delta``
     per epoch until ``[n_low, n_high]``. ``rerank``: refresh pass-rate estimates (``mixed``) or
     ranks (``rank``) every ``step`` or once per ``epoch``.
     """
 
-    def __init__(self, n: int, n_low: int, n_high: int, rule: str = "mixed", delta: int = 2,
+    def __init__(self, n: int, n_low: int, n_high: int, rule: str = "rank", delta: int = 2,
                  rerank: str = "step", prior_strength: float = 2.0, seed: int = 0):
         self.n, self.n_low, self.n_high = n, n_low, n_high
         self.rule, self.delta, self.rerank = rule, delta, rerank
