@@ -85,6 +85,7 @@ def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], pro
             bad[:] = True
             per_func[name] = values
             continue
+        broken = 0
         for i, v in enumerate(out):
             if v is None:
                 continue
@@ -98,8 +99,9 @@ def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], pro
                 applies[i] = True
             else:
                 bad[i] = True
-        if bool((bad & values.isnan()).any()):
-            errors.append(f"{name}: non-finite or non-numeric reward")
+                broken += 1
+        if broken:
+            errors.append(f"{name}: {broken} non-finite or non-numeric rewards")
         per_func[name] = values
     masked = bad | ~applies
     total[masked] = math.nan
