@@ -175,3 +175,21 @@ def test_e3_in_training_and_exact_resume(tmp_path):
     assert resumed.keeper.state() == straight.keeper.state()
     for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_rerank_per_epoch_freezes_estimates_until_the_next_epoch():
+    def budget(rerank):
+        b = RolloutBudget(n=4, n_low=2, n_high=6, rule="mixed", rerank=rerank)
+        b.stats.update(["a", "b"], [[True, False], [True, False]])
+        return b
+
+    per_step, per_epoch = budget("step"), budget("epoch")
+    assert per_step.allocate(["a", "b"], 1) == per_epoch.allocate(["a", "b"], 1)
+    for b in (per_step, per_epoch):  # "a" turns out always right, "b" mixed
+        b.stats.update(["a", "b"], [[True] * 20, [True, False] * 10])
+    # estimates with the prior (mean pass rate 33/44, 2 pseudo-samples): a .9356, b .5189.
+    # From [2, 2], gains of P(mixed): b .2496, .1250, .0627, then a .0602 beats b's .0315
+    assert per_step.allocate(["a", "b"], 2) == [3, 5]  # sees the new statistics at once
+    assert per_epoch.allocate(["a", "b"], 2) == [4, 4]  # still the epoch's snapshot
+    per_epoch.new_epoch(1)
+    assert per_epoch.allocate(["a", "b"], 2) == [3, 5]
