@@ -22,6 +22,7 @@ from transformers import Qwen2ForCausalLM
 
 from explorl.data import arithmetic
 from explorl.errors import UserError
+from explorl.evaluation import evaluate_rows
 from explorl.models.tiny import char_tokenizer, tiny_config
 
 
@@ -67,7 +68,15 @@ def run_sft(cfg: SFTConfig, log=print) -> dict:
         raise UserError("sft: steps, batch_size and learning_rate must be positive")
     if not 0 <= cfg.bug_rate <= 1:
         raise UserError(f"sft: bug_rate must be in [0, 1], got {cfg.bug_rate}")
+    previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:
+        return _fit(cfg, log)
+    finally:
+        torch.set_num_threads(previous)  # leave the caller's threading as it was
+
+
+def _fit(cfg: SFTConfig, log) -> dict:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tok = char_tokenizer()
@@ -75,6 +84,7 @@ def run_sft(cfg: SFTConfig, log=print) -> dict:
     _, heldout = arithmetic.splits(1, cfg.eval_size)
     held = {r["prompt"] for r in heldout}
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
+
     def lr_scale(s: int) -> float:  # linear warmup, cosine decay
         return min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
 
@@ -97,8 +107,6 @@ def run_sft(cfg: SFTConfig, log=print) -> dict:
         opt.zero_grad(set_to_none=True)
         if (step + 1) % 100 == 0:
             log(f"sft step {step + 1}/{cfg.steps} loss {loss.item():.4f}")
-    from explorl.evaluation import evaluate_rows  # noqa: PLC0415 (avoids an import cycle)
-
     result = evaluate_rows(model, tok, heldout, max_new_tokens=8, pass_k=(1, 8))
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from explorl.algorithms.losses import (
     kl_estimate,
 )
 from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from explorl.config import TrainConfig, config_from_dict, save_config, validate
+from explorl.config import TrainConfig, save_config, validate
 from explorl.data import arithmetic
 from explorl.data.loaders import columns_of, load_rows
 from explorl.data.prompts import PromptCodec
@@ -475,4 +475,4 @@ def before_after_table(summary: dict) -> str:
     return format_table(rows, ["held-out (greedy, %)", "before", "after"])
 
 
-__all__ = ["Trainer", "config_from_dict", "before_after_table"]
+__all__ = ["Trainer", "before_after_table"]

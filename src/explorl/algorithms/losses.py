@@ -65,7 +65,3 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str,
         return (per_token * mask).sum() / max(norm.num_sequences * norm.max_completion_length, 1)
     raise ValueError(f"unknown loss_type {loss_type!r}")
 
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
