@@ -1,4 +1,4 @@
-"""``explorl``: train, sft, eval, compare.
+"""``explorl``: train, sft, eval, improve, compare.
 
 Bad input ends with one line ``explorl: error: ...`` on stderr and exit code 2.
 """
@@ -63,8 +63,6 @@ def cmd_sft(ns: argparse.Namespace) -> int:
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
-    from explorl.config import config_from_dict
-
     try:
         pass_k = tuple(sorted({int(k) for k in ns.pass_k.split(",") if k})) if ns.pass_k else ()
     except ValueError:
@@ -75,19 +73,12 @@ def cmd_eval(ns: argparse.Namespace) -> int:
            "max_completion_length": ns.max_new_tokens, "output_dir": "unused"}
     if ns.reward:
         raw["reward_funcs"] = ns.reward.split(",")
-    if ns.dataset not in ("arithmetic",):
-        raw["eval_dataset"] = ns.dataset
-    cfg = config_from_dict(raw)
-    if not Path(ns.model).exists() and ns.model != "tiny":
-        raise UserError(f"model {ns.model!r}: no such model folder or run directory")
-    _quiet()
+    t = _trainer_for(ns, raw)
     from explorl.evaluation import evaluate
-    from explorl.trainer import Trainer
 
-    t = Trainer(cfg)
     result = evaluate(t.model, t.tokenizer, t.eval_rows, t.reward_funcs[0],
-                      cfg.max_completion_length, pass_k=pass_k, temperature=ns.temperature,
-                      threshold=cfg.success_threshold, codec=t.codec)
+                      t.cfg.max_completion_length, pass_k=pass_k, temperature=ns.temperature,
+                      threshold=t.cfg.success_threshold, codec=t.codec)
     result["model"] = ns.model
     if ns.json:
         print(json.dumps(result))
@@ -97,6 +88,47 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             print(f"pass@{k} {100 * v:.1f}%")
         for level, v in (result.get("by_level") or {}).items():
             print(f"  {level}: {100 * v:.1f}%")
+    return 0
+
+
+def _trainer_for(ns: argparse.Namespace, raw: dict):
+    """A Trainer that only loads the model, the data and the reward of ``eval``/``improve``."""
+    from explorl.config import config_from_dict
+
+    if ns.dataset not in ("arithmetic", "rubric", "rubric_stated"):
+        raw["eval_dataset"] = ns.dataset
+    cfg = config_from_dict(raw)
+    if not Path(ns.model).exists() and ns.model != "tiny":
+        raise UserError(f"model {ns.model!r}: no such model folder or run directory")
+    _quiet()
+    from explorl.trainer import Trainer
+
+    return Trainer(cfg)
+
+
+def cmd_improve(ns: argparse.Namespace) -> int:
+    if ns.rounds < 0:
+        raise UserError(f"--rounds {ns.rounds}: must be >= 0")
+    raw = {"model": ns.model, "dataset": ns.dataset, "eval_size": ns.size,
+           "max_completion_length": ns.max_new_tokens, "output_dir": "unused",
+           "reward_funcs": ["rubric"], "rubric_reward": "strict"}
+    for key in ("judge_url", "judge_model", "judge_api_key_env", "herl_revise_template"):
+        if getattr(ns, key) is not None:
+            raw[key] = getattr(ns, key)
+    t = _trainer_for(ns, raw)
+    from explorl.improve import improve
+
+    result = improve(t.model, t.tokenizer, t.eval_rows, t.revise_template, ns.rounds,
+                     t.rubric, ns.max_new_tokens, ns.temperature, t.codec, ns.lists)
+    answers = result.pop("answers")
+    result["model"] = ns.model
+    if ns.json:
+        print(json.dumps(result))
+        return 0
+    for r, (s, d) in enumerate(zip(result["success_by_round"], result["dense_by_round"])):
+        print(f"round {r}: all criteria met {100 * s:.1f}%, criteria met {100 * d:.1f}%")
+    for row, a in list(zip(t.eval_rows, answers))[: ns.show]:
+        print(f"  {row['prompt']!r} -> {a!r}")
     return 0
 
 
@@ -129,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=16)
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
     e.set_defaults(fn=cmd_eval)
+    i = sub.add_parser("improve", help="test-time self-improvement: answer, grade, revise")
+    i.add_argument("model", help="'tiny', a saved model folder, or a run directory")
+    i.add_argument("--rounds", type=int, default=3, help="revision rounds (default 3)")
+    i.add_argument("--dataset", default="rubric", help="built-in rubric task or a data file "
+                   "with a 'rubric' column (default rubric)")
+    i.add_argument("--size", type=int, default=500, help="prompts (default 500)")
+    i.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    i.add_argument("--max-new-tokens", type=int, default=16)
+    i.add_argument("--lists", choices=["shown", "blank", "swapped"], default="shown",
+                   help="met/unmet lists in the hindsight prompt (blank: the control)")
+    i.add_argument("--template", dest="herl_revise_template", default=None)
+    i.add_argument("--judge-url", dest="judge_url", default=None)
+    i.add_argument("--judge-model", dest="judge_model", default=None)
+    i.add_argument("--judge-api-key-env", dest="judge_api_key_env", default=None)
+    i.add_argument("--show", type=int, default=0, help="print this many final answers")
+    i.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    i.set_defaults(fn=cmd_improve)
     c = sub.add_parser("compare", help="several configurations x seeds: one table, plots")
     c.add_argument("specs", nargs="+", metavar="SPEC",
                    help="a preset (grpo, dr_grpo, rloo, dapo, bnpo...) or label:key=v,key=v")

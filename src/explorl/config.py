@@ -24,10 +24,11 @@ class TrainConfig:
     # --- what to train -------------------------------------------------------------------------
     model: str = "tiny"
     """``tiny`` (the shipped character-level Qwen2 model) or any Hugging Face causal-LM path."""
-    dataset: Any = "arithmetic"
-    """A built-in task (``arithmetic``), a ``.jsonl``/``.json``/``.parquet`` file, a folder
+    dataset: Any = None
+    """A built-in task (``arithmetic``; ``rubric``/``rubric_stated``: digit strings under rubrics
+    with a hidden / a stated criterion), a ``.jsonl``/``.json``/``.parquet`` file, a folder
     written by ``datasets.save_to_disk``, or (from Python) a ``datasets.Dataset`` or a list of
-    dicts."""
+    dicts. Default: ``rubric`` for ``method=herl``, else ``arithmetic``."""
     eval_dataset: Any = None
     """Held-out data. Default: the built-in task's held-out split; none for user data."""
     reward_funcs: list[Any] = field(default_factory=list)
@@ -37,8 +38,11 @@ class TrainConfig:
     """One weight per reward function (default: all 1.0)."""
     output_dir: str = "runs/default"
     seed: int = 0
-    method: Literal["grpo"] = "grpo"
+    method: Literal["grpo", "herl"] = "grpo"
+    """``herl``: GRPO plus hindsight revisions of failed groups (see the HeRL section)."""
     max_steps: int = 500
+    max_generated_tokens: int | None = None
+    """Stop once this many tokens were generated (revisions included): equal-budget runs."""
     task_train_size: int = 20000
     """Prompts generated for a built-in task's train split."""
     eval_size: int = 1000
@@ -91,6 +95,55 @@ class TrainConfig:
     """Samples per forward/backward chunk in the update (0: the whole batch at once)."""
     success_threshold: float = 1.0
     """A sample counts as correct when the first reward function gives at least this."""
+
+    # --- rubrics and the judge -----------------------------------------------------------------
+    rubric_reward: Literal["dense", "strict"] = "dense"
+    """The ``rubric`` reward: weighted fraction of criteria met, or 1 only when all are met."""
+    judge_url: str | None = None
+    """OpenAI-compatible endpoint (``.../v1``) grading criteria whose check is ``judge``."""
+    judge_model: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key (the key itself is never stored)."""
+    judge_local_model: str | None = None
+    """A local Hugging Face model as the judge instead of an endpoint."""
+    judge_timeout: float = 30.0
+    judge_retries: int = 2
+    judge_concurrency: int = 4
+    judge_on_failure: Literal["mask", "unmet"] = "mask"
+    """An unparsable or failed verdict: mask the sample (unknown reward) or count all unmet."""
+
+    # --- HeRL: hindsight revisions of failed groups (Experience is the Best Teacher, 2025) ----
+    herl_threshold: float = 1.0
+    """A group failed when its best reward is below this."""
+    herl_candidate_limit: int = 16
+    """Drafts revised per failed group: those tied at its best, most criteria met first."""
+    herl_revisions: int = 1
+    """Revisions sampled per draft."""
+    herl_temperature: float = 1.0
+    """Temperature of the guided revisions."""
+    herl_max_length: int | None = None
+    """Token limit of a revision (default: max_completion_length)."""
+    herl_bonus_alpha: float = 0.05
+    """Draft bonus ``alpha * (best revision reward - draft reward)``; 0 turns it off."""
+    herl_replace_top_n: int = 1
+    """Accepted revisions per failed group, each overwriting a random slot of the group."""
+    herl_accept: Literal["better", "equal", "draft"] = "better"
+    """Revisions that enter: strictly above the group's best; ``equal``: else at least equal
+    (the reference); ``draft``: also those strictly above their own draft."""
+    herl_fallback: bool = False
+    """Failed groups without an accepted revision get a copy of their best draft in a random
+    slot (the reference always does this; it reweights GRPO)."""
+    herl_context: Literal["hindsight", "original"] = "hindsight"
+    """Prompt a revision is trained under: the hindsight prompt it was sampled from (the
+    reference), or the original prompt, as an off-policy sample for it."""
+    herl_gamma: float = 1.0
+    """Shaping of revision tokens' ratio, ``rho / (rho + gamma)``; <= 0: plain ``rho``."""
+    herl_revise_template: str | None = None
+    """The hindsight prompt (see ``explorl.exploration.hindsight.DEFAULT_TEMPLATE`` for the
+    placeholders). Default: the built-in task's own, else the reference-style one. Rendered
+    through the chat template when the tokenizer has one."""
+    herl_blank_hindsight: bool = False
+    """Control: leave the met and unmet lists empty in the hindsight prompt."""
 
     # --- E3: rollout budgets and entropy-keeping temperature (Liao et al. 2025) ---------------
     budget: Literal["uniform", "e3"] = "uniform"
@@ -348,6 +401,24 @@ def validate(cfg: TrainConfig, lines: _Lines | None = None) -> None:
         need(len(cfg.reward_weights) == len(cfg.reward_funcs), "reward_weights",
              f"{len(cfg.reward_weights)} weights for {len(cfg.reward_funcs)} reward functions")
     need(bool(cfg.output_dir), "output_dir", "must not be empty")
+    need(cfg.max_generated_tokens is None or cfg.max_generated_tokens >= 1,
+         "max_generated_tokens", "must be >= 1 (or none)")
+    for key in ("herl_candidate_limit", "herl_revisions", "herl_replace_top_n",
+                "judge_concurrency"):
+        need(getattr(cfg, key) >= 1, key, f"must be >= 1, got {getattr(cfg, key)}")
+    need(cfg.herl_max_length is None or cfg.herl_max_length >= 1, "herl_max_length",
+         "must be >= 1 (or none)")
+    need(cfg.herl_temperature > 0, "herl_temperature", "must be > 0")
+    need(cfg.herl_bonus_alpha >= 0, "herl_bonus_alpha", "must be >= 0")
+    need(cfg.judge_timeout > 0, "judge_timeout", "must be > 0")
+    need(cfg.judge_retries >= 0, "judge_retries", "must be >= 0")
+    if cfg.herl_revise_template is not None:
+        try:
+            cfg.herl_revise_template.format(instruction="", draft="", met="", unmet="",
+                                            met_list="", unmet_list="")
+        except (KeyError, IndexError, ValueError) as e:
+            need(False, "herl_revise_template", f"bad placeholder ({type(e).__name__}: {e}); "
+                 "use {instruction} {draft} {met} {unmet} {met_list} {unmet_list}")
 
 
 def check_types(cfg: Any, lines: _Lines | None = None) -> None:

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from transformers import Qwen2ForCausalLM
 
-from explorl.data import arithmetic
+from explorl.data import arithmetic, rubric_task
 from explorl.errors import UserError
 from explorl.evaluation import evaluate_rows
 from explorl.models.tiny import char_tokenizer, tiny_config
+from explorl.rewards.rubric import RubricReward
 
 
 @dataclass
@@ -42,6 +43,16 @@ class SFTConfig:
     threads: int = 1
     """CPU threads. The float summation order depends on it; 1 gives the same weights on any
     machine (the shipped model was built with 1)."""
+    rubric_steps: int = 3000
+    """Second phase: steps on the rubric task (direct answers and revisions), with every
+    ``replay_every``-th batch arithmetic so that the first phase is not forgotten."""
+    rubric_learning_rate: float = 2e-3
+    revise_share: float = 0.5
+    """Share of rubric demonstrations that are revisions of a failed draft."""
+    replay_every: int = 4
+    init_from: str | None = None
+    """Skip the arithmetic phase and continue from this model folder (the phase is
+    deterministic, so starting from its saved output gives the same weights)."""
 
 
 def _batch(tok, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -80,34 +91,19 @@ def _fit(cfg: SFTConfig, log) -> dict:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tok = char_tokenizer()
-    model = Qwen2ForCausalLM(tiny_config(len(tok), cfg.hidden_size, cfg.num_layers))
     _, heldout = arithmetic.splits(1, cfg.eval_size)
     held = {r["prompt"] for r in heldout}
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=0.01)
-
-    def lr_scale(s: int) -> float:  # linear warmup, cosine decay
-        return min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_scale)
-    model.train()
     start = time.time()
-    for step in range(cfg.steps):
-        demos = []
-        for _ in range(cfg.batch_size):
-            prompt, answer, _level = arithmetic.sample_problem(rng, held)
-            if rng.random() < cfg.bug_rate:
-                answer = arithmetic.buggy_answer(prompt)
-            demos.append({"prompt": prompt, "answer": answer})
-        ids, mask, lab = _batch(tok, demos)
-        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if (step + 1) % 100 == 0:
-            log(f"sft step {step + 1}/{cfg.steps} loss {loss.item():.4f}")
+    if cfg.init_from:
+        model = Qwen2ForCausalLM.from_pretrained(cfg.init_from, use_safetensors=True)
+    else:
+        model = Qwen2ForCausalLM(tiny_config(len(tok), cfg.hidden_size, cfg.num_layers))
+
+        _train(model, tok, cfg.steps, cfg.learning_rate, cfg.warmup_steps,
+               lambda: _arithmetic_demos(cfg, rng, held), log)
     result = evaluate_rows(model, tok, heldout, max_new_tokens=8, pass_k=(1, 8))
+    if cfg.rubric_steps:
+        result["rubric"] = _rubric_phase(cfg, model, tok, held, log)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
@@ -115,3 +111,58 @@ def _fit(cfg: SFTConfig, log) -> dict:
     result["sft_seconds"] = round(time.time() - start, 1)
     (out / "sft_eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _arithmetic_demos(cfg: SFTConfig, rng: random.Random, held: set[str]) -> list[dict]:
+    demos = []
+    for _ in range(cfg.batch_size):
+        prompt, answer, _level = arithmetic.sample_problem(rng, held)
+        if rng.random() < cfg.bug_rate:
+            answer = arithmetic.buggy_answer(prompt)
+        demos.append({"prompt": prompt, "answer": answer})
+    return demos
+
+
+def _train(model, tok, steps: int, lr: float, warmup: int, demos, log) -> None:
+    """AdamW with linear warmup and cosine decay on fresh demonstrations each step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+
+    def lr_scale(s: int) -> float:
+        return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / steps))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_scale)
+    model.train()
+    for step in range(steps):
+        ids, mask, lab = _batch(tok, demos())
+        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % 100 == 0:
+            log(f"sft step {step + 1}/{steps} loss {loss.item():.4f}")
+
+
+def _rubric_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) -> dict:
+    """Direct answers and revisions on the rubric task; batches of one kind each, so that
+    short and long demonstrations are not padded together."""
+    rng = random.Random(cfg.seed + 1)
+    held = {r["prompt"] for v in rubric_task.VARIANTS.values()
+            for r in rubric_task.splits(0, cfg.eval_size, v)[1]}
+    step = 0
+
+    def demos() -> list[dict]:
+        nonlocal step
+        step += 1
+        if cfg.replay_every and step % cfg.replay_every == 0:
+            return _arithmetic_demos(cfg, rng, held_arithmetic)
+        share = 1.0 if rng.random() < cfg.revise_share else 0.0
+        return [rubric_task.sft_example(rng, held, share) for _ in range(cfg.batch_size)]
+
+    _train(model, tok, cfg.rubric_steps, cfg.rubric_learning_rate, cfg.warmup_steps, demos, log)
+    from explorl.improve import hindsight_probe
+
+    rows = rubric_task.splits(0, min(cfg.eval_size, 400), hidden=True)[1]
+    return hindsight_probe(model, tok, rows, RubricReward("strict"), rubric_task.REVISE_TEMPLATE,
+                           max_new_tokens=12)

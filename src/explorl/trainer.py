@@ -24,16 +24,19 @@ from explorl.algorithms.losses import (
     aggregate,
     clipped_surrogate,
     kl_estimate,
+    shaped_surrogate,
 )
 from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from explorl.config import TrainConfig, save_config, validate
-from explorl.data import arithmetic
+from explorl.data import arithmetic, rubric_task
 from explorl.data.loaders import columns_of, load_rows
 from explorl.data.prompts import PromptCodec
 from explorl.errors import UserError
 from explorl.evaluation import evaluate
+from explorl.exploration import hindsight as herl
 from explorl.exploration.budget import RolloutBudget
 from explorl.exploration.temperature import EntropyKeeper
+from explorl.improve import hindsight_prompt
 from explorl.models.policy import (
     TokenStats,
     completion_logprobs,
@@ -42,10 +45,11 @@ from explorl.models.policy import (
     load_tokenizer,
 )
 from explorl.rewards.base import Rewards, compute_rewards, resolve
+from explorl.rewards.rubric import RubricReward, parse_rubric
 from explorl.rollout.engine import HFEngine, Rollout
 from explorl.tracking import MetricsLog, Progress, format_table, plot_run, truncate_metrics
 
-BUILTIN_TASKS = {"arithmetic"}
+BUILTIN_TASKS = {"arithmetic", *rubric_task.VARIANTS}
 log = logging.getLogger("explorl")
 
 
@@ -86,6 +90,8 @@ class Batch:
     loss_mask: torch.Tensor  # [N, L]
     old_logps: torch.Tensor | None  # [N, L], None when the ratio is exactly 1
     ref_logps: torch.Tensor | None  # [N, L], None when beta == 0
+    revision: torch.Tensor | None = None  # [N] bool: HeRL revision rows (shaped, off-policy)
+    revision_old_logps: torch.Tensor | None = None  # [N, L] behaviour log-probs of revisions
 
 
 def unique_names(funcs: list[tuple[str, object]]) -> list[tuple[str, object]]:
@@ -124,14 +130,25 @@ class Trainer:
         cfg = config or TrainConfig()
         if overrides:
             cfg = replace(cfg, **overrides)
+        if cfg.dataset is None:
+            cfg = replace(cfg, dataset="rubric" if cfg.method == "herl" else "arithmetic")
         validate(cfg)
         self.cfg = cfg
         set_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self.codec = PromptCodec(self.tokenizer, cfg.apply_chat_template, cfg.max_prompt_length)
         self.train_rows, self.eval_rows, default_reward = self._load_data()
+        self.rubric = RubricReward(cfg.rubric_reward, self._judge())
         specs = cfg.reward_funcs or [default_reward]
-        self.reward_funcs = unique_names([resolve(s) for s in specs])
+        self.reward_funcs = unique_names(
+            [("rubric", self.rubric) if s == "rubric" else resolve(s) for s in specs])
+        if cfg.method == "herl" and not any(fn is self.rubric for _, fn in self.reward_funcs):
+            raise UserError("method: herl needs the 'rubric' reward (reward_funcs: [rubric]) "
+                            "and data with a 'rubric' column")
+        self.revise_template = cfg.herl_revise_template or (
+            rubric_task.REVISE_TEMPLATE if str(cfg.dataset) in rubric_task.VARIANTS
+            else herl.DEFAULT_TEMPLATE)
+        self.herl_rng = random.Random(cfg.seed)
         self.reward_weights = cfg.reward_weights or [1.0] * len(self.reward_funcs)
         self.prompt_ids = [self.codec.encode(r["prompt"]) for r in self.train_rows]
         self.model = load_model(cfg.model)
@@ -164,17 +181,49 @@ class Trainer:
     def _load_data(self):
         cfg = self.cfg
         if isinstance(cfg.dataset, str) and cfg.dataset in BUILTIN_TASKS:
-            train, heldout = arithmetic.splits(cfg.task_train_size, cfg.eval_size)
+            if cfg.dataset == "arithmetic":
+                train, heldout = arithmetic.splits(cfg.task_train_size, cfg.eval_size)
+            else:
+                train, heldout = rubric_task.splits(cfg.task_train_size, cfg.eval_size,
+                                                    rubric_task.VARIANTS[cfg.dataset])
             eval_rows = load_rows(cfg.eval_dataset, name="eval_dataset") \
                 if cfg.eval_dataset is not None else heldout
-            return train, eval_rows, "arithmetic"
-        train = load_rows(cfg.dataset, name="dataset")
-        eval_rows = load_rows(cfg.eval_dataset, name="eval_dataset") \
-            if cfg.eval_dataset is not None else []
-        if not cfg.reward_funcs:
-            raise UserError("reward_funcs: a data set other than a built-in task needs at least "
-                            "one reward function")
-        return train, eval_rows[: cfg.eval_size], None
+            default = "arithmetic" if cfg.dataset == "arithmetic" else "rubric"
+        else:
+            train = load_rows(cfg.dataset, name="dataset")
+            eval_rows = load_rows(cfg.eval_dataset, name="eval_dataset")[: cfg.eval_size] \
+                if cfg.eval_dataset is not None else []
+            default = "rubric" if "rubric" in train[0] else None
+            if not cfg.reward_funcs and default is None:
+                raise UserError("reward_funcs: a data set other than a built-in task needs at "
+                                "least one reward function (or a 'rubric' column)")
+        for name, rows in (("dataset", train), ("eval_dataset", eval_rows)):
+            where = cfg.dataset if name == "dataset" else cfg.eval_dataset
+            where = where if isinstance(where, str) else name
+            for i, row in enumerate(rows):  # rubrics are checked once, here, with their row
+                if "rubric" in row:
+                    row["rubric"] = parse_rubric(row["rubric"], f"{where}: row {i + 1}: rubric")
+        return train, eval_rows, default
+
+    def _judge(self):
+        """The LLM judge for criteria checked by ``judge``, if the data has any."""
+        cfg = self.cfg
+        judged = any(c.judged for r in self.train_rows + self.eval_rows
+                     for c in r.get("rubric") or [])
+        if not judged:
+            return None
+        from explorl.rewards import judge
+
+        if cfg.judge_local_model:
+            model = load_model(cfg.judge_local_model).eval()
+            return judge.HFJudge(model, load_tokenizer(cfg.judge_local_model),
+                                 on_failure=cfg.judge_on_failure)
+        if not cfg.judge_url or not cfg.judge_model:
+            raise UserError("judge_url: the rubric has criteria checked by 'judge'; set "
+                            "judge_url and judge_model (or judge_local_model)")
+        return judge.HTTPJudge(cfg.judge_url, cfg.judge_model, cfg.judge_api_key_env,
+                               cfg.judge_timeout, cfg.judge_retries, cfg.judge_concurrency,
+                               on_failure=cfg.judge_on_failure)
 
     def _check_lengths(self) -> None:
         limit = getattr(self.model.config, "max_position_embeddings", None)
@@ -214,18 +263,26 @@ class Trainer:
             log.warning("step %d: reward masked: %s", step, error)
         t2 = time.perf_counter()
 
-        # 3. Group-relative advantages over each prompt's samples (groups of any size).
-        loss_mask = rollout.completion_mask.clone()
-        loss_mask[rewards.total.isnan()] = 0
+        # 3. HeRL: failed groups -> hindsight prompts -> revisions -> draft bonus, replacement.
+        trained, total, revision, revision_old = rollout, rewards.total, None, None
+        herl_metrics = {}
+        if cfg.method == "herl":
+            trained, total, revision, revision_old, herl_metrics = self.hindsight(
+                rows, prompts, rollout, rewards)
+
+        # 4. Group-relative advantages over each prompt's samples (groups of any size).
+        loss_mask = trained.completion_mask.clone()
+        loss_mask[total.isnan()] = 0
         if cfg.mask_truncated_completions:
-            loss_mask[rollout.truncated] = 0
+            loss_mask[trained.truncated] = 0
         advantages = compute_advantages(
             cfg.advantage_estimator,
-            AdvantageInputs(rewards.total, rollout.group_ids, loss_mask), cfg.scale_rewards)
+            AdvantageInputs(total, trained.group_ids, loss_mask), cfg.scale_rewards)
 
-        # 4. Policy update: clipped surrogate + KL to the reference + entropy bonus.
-        batch = Batch(rollout, advantages, loss_mask, self.old_logps(rollout),
-                      self.ref_logps(rollout))
+        # 5. Policy update: clipped surrogate on samples, shaped surrogate on revisions, KL to
+        #    the reference, entropy bonus.
+        batch = Batch(trained, advantages, loss_mask, self.old_logps(trained),
+                      self.ref_logps(trained), revision, revision_old)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         update = {}
@@ -233,7 +290,7 @@ class Trainer:
             update = self.update(batch)
         t3 = time.perf_counter()
 
-        # 5. Controllers observe: pass rates -> difficulty, entropy -> next temperature.
+        # 6. Controllers observe: pass rates -> difficulty, entropy -> next temperature.
         passed = self.passed(rewards)
         if self.budget:
             self.budget.stats.update(
@@ -242,6 +299,9 @@ class Trainer:
                  for g in range(len(rows))])
         metrics = self.step_metrics(rollout, rewards, passed, update,
                                     (t1 - t0, t2 - t1, t3 - t2), step)
+        metrics.update(herl_metrics)
+        self.tokens_total += herl_metrics.get("herl/tokens", 0)
+        metrics["tokens/total"] = self.tokens_total
         if self.keeper:
             metrics["entropy_target"] = self.keeper.current_target(step)
             self.keeper.observe(step, update["entropy"])
@@ -267,6 +327,105 @@ class Trainer:
         completions = [self.codec.completion(p, t) for p, t in zip(prompts, texts)]
         return compute_rewards(self.reward_funcs, self.reward_weights, prompts, completions,
                                ids, columns_of(per_sample))
+
+    def decode(self, rollout: Rollout) -> list[str]:
+        ids = [row[: int(n)] for row, n in zip(rollout.completion_ids.tolist(),
+                                               rollout.lengths.tolist())]
+        return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def hindsight(self, rows: list[dict], prompts: list[list[int]], rollout: Rollout,
+                  rewards: Rewards):
+        """HeRL steps 2-8: revise the best drafts of failed groups under the hindsight prompt,
+        pay drafts their bonus and let accepted revisions overwrite random slots of their group.
+        Returns the rollout to train on, its rewards, the revision rows, the revisions'
+        behaviour log-probs (needed when the ratio is not exactly 1) and metrics."""
+        cfg = self.cfg
+        original = rewards.total
+        total = original.clone()
+        groups = rollout.group_ids
+        num_met = torch.tensor([g.num_met if g else -1 for g in rewards.grades or []] or
+                               [0] * len(rollout))
+        failed = herl.failed_groups(original, groups, cfg.herl_threshold)
+        drafts = [c for g in failed for c in herl.choose_candidates(
+            original, num_met, groups, g, cfg.herl_candidate_limit)]
+        revision = torch.zeros(len(rollout), dtype=torch.bool)
+        metrics = {"herl/failed_groups": len(failed) / (int(groups.max()) + 1),
+                   "herl/drafts": len(drafts), "herl/tokens": 0}
+        if not drafts or rewards.grades is None:
+            return rollout, total, revision, None, metrics
+
+        # Guided regeneration, graded against each draft's ORIGINAL rubric.
+        texts = self.decode(rollout)
+        lists = "blank" if cfg.herl_blank_hindsight else "shown"
+        contexts = [hindsight_prompt(self.codec, self.revise_template, rows[int(groups[d])],
+                                     texts[d], rewards.grades[d].verdicts, lists)
+                    for d in drafts]
+        out = self.engine.generate(contexts, [cfg.herl_revisions] * len(drafts),
+                                   [cfg.herl_temperature] * len(drafts),
+                                   cfg.herl_max_length or cfg.max_completion_length)
+        draft_of = [drafts[int(j)] for j in out.group_ids]
+        scored = self.score(rows, replace(out, group_ids=groups[draft_of]))
+        # Draft bonus, then replacement: accepted revisions overwrite random slots of their
+        # group (trained under the hindsight prompt or the original one).
+        gains = []
+        for j, d in enumerate(drafts):
+            mine = scored.total[out.group_ids == j].tolist()
+            total[d] = herl.draft_bonus(float(original[d]), mine, cfg.herl_bonus_alpha)
+            known = [r for r in mine if r == r]
+            if known:
+                gains.append(max(known) - float(original[d]))
+        writes: dict[int, herl.Sample] = {}
+        picks, beat = [], 0
+        for g in failed:
+            members = torch.nonzero(groups == g).flatten().tolist()
+            best = float(original[members][~original[members].isnan()].max())
+            mine = [k for k, d in enumerate(draft_of) if int(groups[d]) == g]
+            beat += any(float(scored.total[k]) > best for k in mine)
+            chosen = [mine[k] for k in herl.accept(
+                [float(scored.total[k]) for k in mine],
+                [float(original[draft_of[k]]) for k in mine],
+                best, cfg.herl_accept, cfg.herl_replace_top_n)]
+            for slot, k in zip(self.herl_rng.sample(members, min(len(chosen), len(members))),
+                               chosen):
+                context = contexts[int(out.group_ids[k])] if cfg.herl_context == "hindsight" \
+                    else prompts[g]
+                writes[slot] = replace(herl.sample_at(out, k), prompt=context)
+                total[slot] = scored.total[k]
+                revision[slot] = True
+                picks.append((slot, k))
+            if not chosen and cfg.herl_fallback and len(members) > 1:
+                source = next(d for d in drafts if int(groups[d]) == g)
+                slot = self.herl_rng.choice([m for m in members if m != source])
+                writes[slot] = herl.sample_at(rollout, source)  # on-policy: a plain copy
+                total[slot] = original[source]
+        trained = herl.splice(rollout, writes, self.tokenizer.pad_token_id)
+        revision_old = self.behaviour_logps(trained, out, picks)
+        generated = int(out.completion_mask.sum())
+        metrics.update({
+            "herl/revisions": len(out),
+            "herl/revision_success": float(self.passed(scored).float().mean()),
+            "herl/revision_gain": sum(gains) / len(gains) if gains else math.nan,
+            "herl/beat_group": beat / len(failed),
+            "herl/replaced": len(picks),
+            "herl/revision_token_fraction":
+                float(trained.completion_mask[revision].sum() / trained.completion_mask.sum()),
+            "herl/tokens": generated,
+        })
+        return trained, total, revision, revision_old, metrics
+
+    @torch.no_grad()
+    def behaviour_logps(self, trained: Rollout, out: Rollout,
+                        picks: list[tuple[int, int]]) -> torch.Tensor | None:
+        """Log-probs of revisions trained under the original prompt, under the hindsight prompt
+        they were sampled from: the denominator of a true importance ratio."""
+        if not picks or self.cfg.herl_context == "hindsight":
+            return None  # the policy's own log-probs under that prompt (``old_logps``)
+        logps = self._logps(self.model, out, [k for _, k in picks], with_entropy=False).logps
+        full = torch.zeros(trained.completion_ids.shape, dtype=logps.dtype)
+        for i, (slot, k) in enumerate(picks):
+            n = int(out.lengths[k])
+            full[slot, :n] = logps[i, :n]
+        return full
 
     @torch.no_grad()
     def old_logps(self, rollout: Rollout) -> torch.Tensor | None:
@@ -298,7 +457,8 @@ class Trainer:
                           cfg.max_completion_length)
         eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
         size = cfg.micro_batch_size or n
-        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "entropy_t1": 0.0, "clip_fraction": 0.0}
+        sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "entropy_t1": 0.0, "clip_fraction": 0.0,
+                "loss/on_policy": 0.0, "loss/off_policy": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
         for s in range(0, n, size):
             rows = slice(s, s + size)
@@ -310,6 +470,14 @@ class Trainer:
             old = logps.detach() if batch.old_logps is None else batch.old_logps[rows]
             per_token, bound = clipped_surrogate(logps, old, batch.advantages[rows],
                                                  cfg.epsilon, eps_high, cfg.dual_clip)
+            off = None
+            if batch.revision is not None and batch.revision[rows].any():
+                off = batch.revision[rows].unsqueeze(-1)
+                if batch.revision_old_logps is not None:
+                    old = torch.where(off, batch.revision_old_logps[rows], old)
+                shaped = shaped_surrogate(logps, old, batch.advantages[rows], cfg.herl_gamma)
+                per_token = torch.where(off, shaped, per_token)
+                bound = bound & ~off
             if batch.ref_logps is not None:
                 kl = kl_estimate(logps, batch.ref_logps[rows], cfg.kl_estimator)
                 per_token = per_token + cfg.beta * kl
@@ -319,6 +487,12 @@ class Trainer:
             loss = aggregate(per_token, mask, cfg.loss_type, norm)
             loss.backward()
             sums["loss"] += float(loss.detach())
+            if batch.revision is not None:
+                off_mask = mask * off.long() if off is not None else torch.zeros_like(mask)
+                sums["loss/off_policy"] += float(aggregate(per_token.detach(), off_mask,
+                                                           cfg.loss_type, norm))
+                sums["loss/on_policy"] += float(aggregate(per_token.detach(), mask - off_mask,
+                                                          cfg.loss_type, norm))
             full = batch.rollout.completion_mask[rows]
             sums["entropy"] += float((entropy.detach() * full).sum())
             if entropy_t1 is not None:
@@ -333,6 +507,9 @@ class Trainer:
                "clip_fraction": sums["clip_fraction"] / tokens, "grad_norm": float(grad_norm)}
         if self.keeper is not None:
             out["entropy_t1"] = sums["entropy_t1"] / generated
+        if batch.revision is not None:
+            out["loss/on_policy"] = sums["loss/on_policy"]
+            out["loss/off_policy"] = sums["loss/off_policy"]
         return out
 
     def step_metrics(self, rollout: Rollout, rewards: Rewards, correct: torch.Tensor,
@@ -407,6 +584,9 @@ class Trainer:
                 self.budget.load(state["budget"])
             if self.keeper:
                 self.keeper.load(state["keeper"])
+            if state.get("herl_rng"):
+                version, internal, gauss = state["herl_rng"]
+                self.herl_rng.setstate((version, tuple(internal), gauss))
             truncate_metrics(out / "metrics.jsonl", self.step_done)
         save_config(cfg, out / "config.yaml")
         return MetricsLog(out / "metrics.jsonl", append=bool(checkpoints))
@@ -415,7 +595,8 @@ class Trainer:
         state = {"tokens_total": self.tokens_total, "before": self.before,
                  "sampler": self.sampler.state(),
                  "budget": self.budget.state() if self.budget else None,
-                 "keeper": self.keeper.state() if self.keeper else None}
+                 "keeper": self.keeper.state() if self.keeper else None,
+                 "herl_rng": self.herl_rng.getstate()}
         save_checkpoint(self.out, step, self.model, self.tokenizer, self.optimizer, state,
                         self.cfg.save_total_limit)
 
@@ -430,15 +611,18 @@ class Trainer:
         after = None
         try:
             for step in range(self.step_done + 1, cfg.max_steps + 1):
+                if self.budget_spent():
+                    break
                 metrics = self.step(step)
-                if step == cfg.max_steps or cfg.eval_every and step % cfg.eval_every == 0:
-                    result = self.evaluate(cfg.eval_pass_k if step == cfg.max_steps else ())
-                    after = result if step == cfg.max_steps else None
+                last = step == cfg.max_steps or self.budget_spent()
+                if last or cfg.eval_every and step % cfg.eval_every == 0:
+                    result = self.evaluate(cfg.eval_pass_k if last else ())
+                    after = result if last else None
                     metrics["eval/accuracy"] = (result or {}).get("accuracy")
                 log.write(metrics)
                 progress.update(metrics)
                 self.step_done = step
-                if cfg.save_every and step % cfg.save_every == 0 or step == cfg.max_steps:
+                if cfg.save_every and step % cfg.save_every == 0 or last:
                     self._checkpoint(step)
         finally:
             progress.close()
@@ -446,6 +630,10 @@ class Trainer:
         if after is None:  # resumed at max_steps: the final evaluation was not logged here
             after = self.evaluate(cfg.eval_pass_k)
         return self._finish(after, time.perf_counter() - start)
+
+    def budget_spent(self) -> bool:
+        limit = self.cfg.max_generated_tokens
+        return limit is not None and self.tokens_total >= limit
 
     def _finish(self, after: dict | None, seconds: float) -> dict:
         final, tmp = self.out / "final", self.out / ".tmp-final"

@@ -31,6 +31,17 @@ def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: 
     return loss, bound
 
 
+def shaped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+                     gamma: float) -> torch.Tensor:
+    """Per-token loss of off-policy (revision) tokens, HeRL's ``-A * f(rho)`` with
+    ``f(rho) = rho / (rho + gamma)``: no clipping, but the weight of a token the policy finds
+    unlikely or already likely stays bounded. At rho = 1 the gradient weight is
+    ``gamma / (1 + gamma)^2``; ``gamma <= 0`` gives ``f(rho) = rho``."""
+    ratio = torch.exp(logps - old_logps)
+    shaped = ratio / (ratio + gamma) if gamma > 0 else ratio
+    return -advantages * shaped
+
+
 def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str) -> torch.Tensor:
     """Per-token KL(pi || ref) estimate from samples of pi: k1 = log pi - log ref,
     k3 = exp(log ref - log pi) - (log ref - log pi) - 1 (non-negative, low variance)."""

@@ -21,6 +21,7 @@ from explorl.errors import UserError
 BUILTIN = {
     "arithmetic": "explorl.data.arithmetic:exact_match_reward",
     "math_verify": "explorl.rewards.math:math_verify_reward",
+    "code": "explorl.rewards.code:code_reward",
 }
 
 
@@ -62,6 +63,7 @@ class Rewards:
     per_func: dict[str, torch.Tensor]  # name -> [N], NaN where None or failed
     masked: int  # samples whose reward is unknown (a function failed, or none applied)
     errors: list[str]  # one line per failure, for the log
+    grades: list | None = None  # per-criterion grades of the first rubric reward, if any
 
 
 def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], prompts: list,
@@ -71,12 +73,14 @@ def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], pro
     total = torch.zeros(n, dtype=torch.float64)
     applies = torch.zeros(n, dtype=torch.bool)
     bad = torch.zeros(n, dtype=torch.bool)
-    per_func, errors = {}, []
+    per_func, errors, grades = {}, [], None
     for (name, fn), w in zip(funcs, weights):
         values = torch.full((n,), math.nan, dtype=torch.float64)
         try:
             out = fn(prompts=prompts, completions=completions, completion_ids=completion_ids,
                      **columns)
+            if grades is None and getattr(out, "grades", None) is not None:
+                grades = out.grades if len(out.grades) == n else None
             out = list(out)
             if len(out) != n:
                 raise ValueError(f"returned {len(out)} values for {n} completions")
@@ -106,4 +110,4 @@ def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], pro
     masked = bad | ~applies
     total[masked] = math.nan
     return Rewards(total.float(), {k: v.float() for k, v in per_func.items()},
-                   int(masked.sum()), errors)
+                   int(masked.sum()), errors, grades)
