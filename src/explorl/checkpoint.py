@@ -1,10 +1,11 @@
 """Checkpoints that resume a run exactly, written atomically, loaded without pickle.
 
-A checkpoint is a folder ``checkpoint-<step>``: the model (``save_pretrained``, safetensors), the
-optimizer's tensors (``optimizer.safetensors``) and everything else as JSON (``state.json``: step,
-optimizer hyper-parameters, RNG states, data position, trainer state). It is written into a
-temporary folder and renamed into place, so a crash never leaves a half-written checkpoint that
-resume would pick; only the newest ``keep`` are kept.
+A checkpoint is a folder ``checkpoint-<step>``: the model (``save_pretrained``, safetensors; a
+LoRA model saves only its adapters, ``adapter_model.safetensors``), the optimizer's tensors
+(``optimizer.safetensors``) and everything else as JSON (``state.json``: step, optimizer
+hyper-parameters, RNG states, data position, trainer state). It is written into a temporary
+folder and renamed into place, so a crash never leaves a half-written checkpoint that resume
+would pick; only the newest ``keep`` are kept.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from explorl.errors import UserError
 
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -109,11 +112,28 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Load weights, optimizer and RNG state into place; return the trainer state."""
+    """Load weights, optimizer and RNG state into place; return the trainer state.
+
+    A checkpoint that cannot be read (edited, truncated by a full disk, from another model)
+    raises :class:`UserError` naming it, before anything is written."""
+    try:
+        return _load_checkpoint(path, model, optimizer)
+    except Exception as e:  # noqa: BLE001 - any failure here means this folder is unusable
+        reason = (str(e).splitlines() or [""])[0][:200] or type(e).__name__
+        raise UserError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: "
+                        f"{reason}); delete it or run with resume=never") from None
+
+
+def _load_checkpoint(path: Path, model, optimizer) -> dict:
     from safetensors.torch import load_model
 
     state = json.loads((path / "state.json").read_text())
-    load_model(model, str(path / "model.safetensors"), strict=False)
+    if (path / "adapter_model.safetensors").exists():  # a LoRA run saves only its adapters
+        from explorl.models.lora import load_adapter_weights
+
+        load_adapter_weights(model, path)
+    else:
+        load_model(model, str(path / "model.safetensors"), strict=False)
     tensors = load_file(str(path / "optimizer.safetensors"))
     load_optimizer_state(optimizer, state["optimizer"], tensors)
     set_rng_state(state["rng"], tensors)

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from explorl.errors import UserError
+from explorl.errors import TrainingStopped, UserError
 
 
 def _quiet() -> None:
@@ -197,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"explorl: error: {e}", file=sys.stderr)
         return 2
+    except TrainingStopped as e:
+        print(f"explorl: stopped: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("explorl: interrupted", file=sys.stderr)
         return 130

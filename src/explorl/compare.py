@@ -23,6 +23,10 @@ PRESETS: dict[str, list[str]] = {
     "e3_budget_mixed": ["budget=e3", "budget_rule=mixed"],
     "e3_temperature": ["temperature_control=e3"],
     "e3": ["budget=e3", "temperature_control=e3"],
+    "herl": ["method=herl"],
+    "herl_hindsight": ["method=herl", "herl_bonus_alpha=0"],
+    "herl_original": ["method=herl", "herl_context=original"],
+    "herl_blank": ["method=herl", "herl_blank_hindsight=true"],
 }
 
 

@@ -7,6 +7,7 @@ Every field states its default. Names follow TRL's ``GRPOConfig`` where TRL has 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -45,6 +46,13 @@ class TrainConfig:
     """Stop once this many tokens were generated (revisions included): equal-budget runs."""
     task_train_size: int = 20000
     """Prompts generated for a built-in task's train split."""
+    task_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Arguments of a ``reasoning_gym:<task>`` data set's config, e.g. ``{min_numbers: 3}``."""
+    lora_r: int = 0
+    """LoRA rank (PEFT); 0 trains all weights. ``final/`` holds the merged model, ``adapter/``
+    the adapters."""
+    lora_alpha: int = 32
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     eval_size: int = 1000
     """Held-out prompts evaluated before and after training (and every ``eval_every`` steps)."""
 
@@ -95,6 +103,11 @@ class TrainConfig:
     """Samples per forward/backward chunk in the update (0: the whole batch at once)."""
     success_threshold: float = 1.0
     """A sample counts as correct when the first reward function gives at least this."""
+    reward_failure_limit: float = 0.5
+    """Stop the run (after a checkpoint) when a reward function or judge fails on more than this
+    share of a step's samples. Fewer failures are masked out of the step and counted."""
+    nonfinite_limit: int = 3
+    """A non-finite loss or gradient skips the update; this many in a row stop the run."""
 
     # --- rubrics and the judge -----------------------------------------------------------------
     rubric_reward: Literal["dense", "strict"] = "dense"
@@ -185,6 +198,11 @@ class TrainConfig:
     """``auto``: continue from the latest checkpoint in ``output_dir`` if there is one."""
     progress: bool = True
     plots: bool = True
+    report_to: list[str] = field(default_factory=list)
+    """Trackers besides ``metrics.jsonl``: ``tensorboard``, ``wandb``."""
+    log_completions_every: int = 0
+    """Write every sample's prompt, completion, reward and advantage to ``completions.jsonl``
+    every N steps (0: never)."""
 
 
 class _Lines:
@@ -262,6 +280,13 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where}: {key}: expected a list, got {value!r}")
         return [_coerce(v, args[0] if args else Any, key, where) for v in value]
+    if origin is dict:
+        if isinstance(value, str):  # key={a: 1} from the command line
+            with contextlib.suppress(yaml.YAMLError):
+                value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: {key}: expected a mapping, got {value!r}")
+        return value
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -363,7 +388,8 @@ def validate(cfg: TrainConfig, lines: _Lines | None = None) -> None:
                 "max_prompt_length", "num_iterations", "eval_size", "task_train_size",
                 "save_total_limit"):
         need(getattr(cfg, key) >= 1, key, f"must be >= 1, got {getattr(cfg, key)}")
-    for key in ("warmup_steps", "eval_every", "save_every", "micro_batch_size"):
+    for key in ("warmup_steps", "eval_every", "save_every", "micro_batch_size", "lora_r",
+                "log_completions_every"):
         need(getattr(cfg, key) >= 0, key, f"must be >= 0, got {getattr(cfg, key)}")
     need(cfg.temperature > 0, "temperature", f"must be > 0, got {cfg.temperature}")
     need(cfg.eval_temperature > 0, "eval_temperature", "must be > 0")
@@ -401,6 +427,8 @@ def validate(cfg: TrainConfig, lines: _Lines | None = None) -> None:
         need(len(cfg.reward_weights) == len(cfg.reward_funcs), "reward_weights",
              f"{len(cfg.reward_weights)} weights for {len(cfg.reward_funcs)} reward functions")
     need(bool(cfg.output_dir), "output_dir", "must not be empty")
+    need(0 <= cfg.reward_failure_limit <= 1, "reward_failure_limit", "must be in [0, 1]")
+    need(cfg.nonfinite_limit >= 1, "nonfinite_limit", "must be >= 1")
     need(cfg.max_generated_tokens is None or cfg.max_generated_tokens >= 1,
          "max_generated_tokens", "must be >= 1 (or none)")
     for key in ("herl_candidate_limit", "herl_revisions", "herl_replace_top_n",

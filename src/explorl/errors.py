@@ -7,3 +7,11 @@ class UserError(Exception):
     The CLI prints ``explorl: error: <message>`` and exits with code 2. Raise it before anything
     is written to the output directory.
     """
+
+
+class TrainingStopped(Exception):
+    """A run that cannot usefully go on (too many failed rewards, non-finite updates in a row).
+
+    A checkpoint of the last completed step is written first; the CLI prints
+    ``explorl: stopped: <message>`` and exits with code 3.
+    """

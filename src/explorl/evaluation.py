@@ -30,11 +30,14 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def _correct(reward_fn, rows: list[dict], prompts: list, texts: list[str], ids: list[list[int]],
-             threshold: float, codec: PromptCodec) -> list[bool]:
+             threshold: float, codec: PromptCodec, grades: list | None = None) -> list[bool]:
+    """Correct samples (NaN, unknown, counts as wrong); rubric grades go into ``grades``."""
     columns = columns_of(rows)
     completions = [codec.completion(p, t) for p, t in zip(prompts, texts)]
-    r = compute_rewards([reward_fn], [1.0], prompts, completions, ids, columns).total
-    return [bool(v >= threshold) for v in r.tolist()]  # NaN (unknown) counts as wrong
+    rewards = compute_rewards([reward_fn], [1.0], prompts, completions, ids, columns)
+    if grades is not None and rewards.grades is not None:
+        grades += rewards.grades
+    return [bool(v >= threshold) for v in rewards.total.tolist()]
 
 
 @torch.no_grad()
@@ -49,8 +52,11 @@ def evaluate(model, tokenizer, rows: list[dict], reward_fn: tuple[str, Callable]
     encoded = [codec.encode(p) for p in prompts]
     ids = greedy(model, tokenizer, encoded, max_new_tokens, batch_size)
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    ok = _correct(reward_fn, rows, prompts, texts, ids, threshold, codec)
+    grades: list = []
+    ok = _correct(reward_fn, rows, prompts, texts, ids, threshold, codec, grades)
     result: dict = {"accuracy": float(np.mean(ok)), "n": len(rows)}
+    if grades:  # rubric rewards: the weighted share of criteria met, too
+        result["dense"] = float(np.mean([g.dense if g else 0.0 for g in grades]))
     if "level" in rows[0]:
         by_level: dict[str, list[bool]] = defaultdict(list)
         for r, c in zip(rows, ok):

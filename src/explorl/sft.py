@@ -132,6 +132,7 @@ def _train(model, tok, steps: int, lr: float, warmup: int, demos, log) -> None:
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_scale)
     model.train()
+    total = 0.0
     for step in range(steps):
         ids, mask, lab = _batch(tok, demos())
         loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
@@ -140,8 +141,10 @@ def _train(model, tok, steps: int, lr: float, warmup: int, demos, log) -> None:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
+        total += loss.item()
         if (step + 1) % 100 == 0:
-            log(f"sft step {step + 1}/{steps} loss {loss.item():.4f}")
+            log(f"sft step {step + 1}/{steps} mean loss {total / 100:.4f}")
+            total = 0.0
 
 
 def _rubric_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) -> dict:

@@ -1,4 +1,5 @@
-"""Run tracking: the ``metrics.jsonl`` log, per-run plots, a progress bar and terminal tables."""
+"""Run tracking: the ``metrics.jsonl`` log, the ``completions.jsonl`` table, TensorBoard and
+W&B trackers, per-run plots, a progress bar and terminal tables."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from explorl.errors import UserError
 
 SIGNIFICANT_DIGITS = 6
 SMOOTH_FRACTION = 0.05
@@ -118,6 +121,101 @@ def truncate_metrics(path: Path, max_step: int) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --- completions table and external trackers (TensorBoard, Weights & Biases) -----------------
+
+TRACKERS = ("tensorboard", "wandb")
+
+
+def log_completions(path: Path, step: int, prompts: Sequence, completions: Sequence,
+                    rewards: Sequence, advantages: Sequence) -> None:
+    """Append one ``{step, prompt, completion, reward, advantage}`` line per sample to ``path``
+    (``completions.jsonl``); the lists are aligned sample by sample. Conversational prompts and
+    completions are kept as message lists; NaN rewards (masked samples) become ``null``. On
+    resume, ``truncate_metrics(path, step)`` drops the lines of steps being redone."""
+    lengths = {len(prompts), len(completions), len(rewards), len(advantages)}
+    if len(lengths) != 1:
+        raise ValueError(f"log_completions: lists of different lengths {sorted(lengths)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        for prompt, completion, reward, advantage in zip(prompts, completions, rewards,
+                                                         advantages):
+            record = {"step": step, "prompt": prompt, "completion": completion,
+                      "reward": reward, "advantage": advantage}
+            fh.write(json.dumps(_clean(record), allow_nan=False, ensure_ascii=False) + "\n")
+
+
+class Trackers:
+    """Sends each step's numeric metrics to the backends named in ``report_to``:
+
+    * ``tensorboard``: event files in ``run_dir/tensorboard`` (needs the ``tensorboard``
+      package);
+    * ``wandb``: a Weights & Biases run (project ``$WANDB_PROJECT``, default ``explorl``; name:
+      the run folder's name), files under ``run_dir``. ``WANDB_MODE=offline`` and the other
+      ``WANDB_*`` variables are read by wandb itself. A resumed run (``resume=True``) continues
+      the W&B run whose id is kept in ``run_dir/wandb_run_id``.
+
+    ``metrics.jsonl`` is written regardless (:class:`MetricsLog`). An empty list tracks nothing.
+    """
+
+    def __init__(self, report_to: Sequence[str], run_dir: Path, config: dict | None = None,
+                 resume: bool = False):
+        unknown = [name for name in report_to if name not in TRACKERS]
+        if unknown:
+            raise UserError(f"report_to: unknown tracker {unknown[0]!r} "
+                            f"(known: {', '.join(TRACKERS)})")
+        self.run_dir = Path(run_dir)
+        self._tensorboard = self._open_tensorboard() if "tensorboard" in report_to else None
+        self._wandb = self._open_wandb(config, resume) if "wandb" in report_to else None
+
+    def _open_tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UserError("report_to: tensorboard needs the tensorboard package (pip install "
+                            "tensorboard, or EXTRAS=tensorboard bash scripts/setup.sh)") from None
+        return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+
+    def _open_wandb(self, config: dict | None, resume: bool):
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("report_to: wandb is not installed (pip install wandb)") from None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        id_file = self.run_dir / "wandb_run_id"
+        run_id = id_file.read_text().strip() if resume and id_file.exists() else None
+        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "explorl"),
+                         name=self.run_dir.name, dir=str(self.run_dir), config=_clean(config),
+                         id=run_id, resume="allow" if run_id else None)
+        id_file.write_text(str(run.id))
+        return run
+
+    def log(self, metrics: dict, step: int) -> None:
+        """Send the finite numbers of ``metrics`` (other values are skipped) at ``step``."""
+        scalars = {k: float(v) for k, v in metrics.items() if k != "step" and _is_number(v)}
+        if self._tensorboard is not None:
+            for key, value in scalars.items():
+                self._tensorboard.add_scalar(key, value, global_step=step)
+            self._tensorboard.flush()
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        """Flush and close every backend; safe to call twice."""
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+    def __enter__(self) -> Trackers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --- plotting ---------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +28,16 @@ from explorl.algorithms.losses import (
 )
 from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from explorl.config import TrainConfig, save_config, validate
-from explorl.data import arithmetic, rubric_task
+from explorl.data import arithmetic, champ, gym, rubric_task
 from explorl.data.loaders import columns_of, load_rows
 from explorl.data.prompts import PromptCodec
-from explorl.errors import UserError
+from explorl.errors import TrainingStopped, UserError
 from explorl.evaluation import evaluate
 from explorl.exploration import hindsight as herl
 from explorl.exploration.budget import RolloutBudget
 from explorl.exploration.temperature import EntropyKeeper
 from explorl.improve import hindsight_prompt
+from explorl.models import lora
 from explorl.models.policy import (
     TokenStats,
     completion_logprobs,
@@ -47,7 +48,15 @@ from explorl.models.policy import (
 from explorl.rewards.base import Rewards, compute_rewards, resolve
 from explorl.rewards.rubric import RubricReward, parse_rubric
 from explorl.rollout.engine import HFEngine, Rollout
-from explorl.tracking import MetricsLog, Progress, format_table, plot_run, truncate_metrics
+from explorl.tracking import (
+    MetricsLog,
+    Progress,
+    Trackers,
+    format_table,
+    log_completions,
+    plot_run,
+    truncate_metrics,
+)
 
 BUILTIN_TASKS = {"arithmetic", *rubric_task.VARIANTS}
 log = logging.getLogger("explorl")
@@ -153,13 +162,18 @@ class Trainer:
         self.prompt_ids = [self.codec.encode(r["prompt"]) for r in self.train_rows]
         self.model = load_model(cfg.model)
         self._check_lengths()
+        if cfg.lora_r:
+            targets = cfg.lora_target_modules  # PEFT wants its shorthand as a bare string
+            self.model = lora.apply_lora(self.model, cfg.lora_r, cfg.lora_alpha, 0.0,
+                                         "all-linear" if targets == ["all-linear"] else targets)
         disable_dropout(self.model)
         self.model.train()
         self.ref_model = None
-        if cfg.beta > 0:  # the frozen reference exists only when the KL term is on
+        if cfg.beta > 0 and not cfg.lora_r:  # the reference exists only when the KL term is on
             self.ref_model = load_model(cfg.model).eval().requires_grad_(False)
         self.engine = HFEngine(self.model, self.tokenizer, top_p=cfg.top_p)
-        self.optimizer = adamw(self.model.parameters(), lr=cfg.learning_rate,
+        params = lora.trainable_parameters(self.model) if cfg.lora_r else self.model.parameters()
+        self.optimizer = adamw(params, lr=cfg.learning_rate,
                                weight_decay=cfg.weight_decay,
                                betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.sampler = PromptSampler(len(self.train_rows), cfg.prompts_per_step, cfg.seed)
@@ -174,13 +188,22 @@ class Trainer:
         ) if cfg.temperature_control == "e3" else None
         self.out = Path(cfg.output_dir)
         self.step_done = 0
+        self.nonfinite_streak = 0
         self.tokens_total = 0
         self.before: dict | None = None
 
     # --- set-up ------------------------------------------------------------------------------
     def _load_data(self):
         cfg = self.cfg
-        if isinstance(cfg.dataset, str) and cfg.dataset in BUILTIN_TASKS:
+        gym_task = gym.parse_spec(cfg.dataset)
+        if gym_task is not None:
+            train, eval_rows = gym.gym_splits(gym_task, cfg.task_train_size, cfg.eval_size,
+                                              cfg.seed, **cfg.task_kwargs)
+            default = "explorl.data.gym:gym_reward"
+        elif cfg.dataset in ("champ", "champ:hints"):
+            train = eval_rows = champ.champ_rows(with_hints=cfg.dataset == "champ:hints")
+            default = "explorl.data.champ:champ_reward"
+        elif isinstance(cfg.dataset, str) and cfg.dataset in BUILTIN_TASKS:
             if cfg.dataset == "arithmetic":
                 train, heldout = arithmetic.splits(cfg.task_train_size, cfg.eval_size)
             else:
@@ -261,6 +284,11 @@ class Trainer:
         rewards = self.score(rows, rollout)
         for error in rewards.errors:
             log.warning("step %d: reward masked: %s", step, error)
+        if rewards.failed > cfg.reward_failure_limit * len(rollout):
+            raise TrainingStopped(
+                f"step {step}: rewards failed on {rewards.failed} of {len(rollout)} samples "
+                f"(over reward_failure_limit={cfg.reward_failure_limit}); first error: "
+                f"{(rewards.errors or ['?'])[0]}")
         t2 = time.perf_counter()
 
         # 3. HeRL: failed groups -> hindsight prompts -> revisions -> draft bonus, replacement.
@@ -288,6 +316,10 @@ class Trainer:
         update = {}
         for _ in range(cfg.num_iterations):
             update = self.update(batch)
+        self.nonfinite_streak = self.nonfinite_streak + 1 if update["update_skipped"] else 0
+        if self.nonfinite_streak >= cfg.nonfinite_limit:
+            raise TrainingStopped(f"step {step}: the loss or gradient was not finite in "
+                                  f"{self.nonfinite_streak} steps in a row (nonfinite_limit)")
         t3 = time.perf_counter()
 
         # 6. Controllers observe: pass rates -> difficulty, entropy -> next temperature.
@@ -300,6 +332,11 @@ class Trainer:
         metrics = self.step_metrics(rollout, rewards, passed, update,
                                     (t1 - t0, t2 - t1, t3 - t2), step)
         metrics.update(herl_metrics)
+        every = cfg.log_completions_every
+        if every and step % every == 0:
+            log_completions(self.out / "completions.jsonl", step,
+                            [rows[g]["prompt"] for g in trained.group_ids.tolist()],
+                            self.decode(trained), total.tolist(), advantages[:, 0].tolist())
         self.tokens_total += herl_metrics.get("herl/tokens", 0)
         metrics["tokens/total"] = self.tokens_total
         if self.keeper:
@@ -437,6 +474,9 @@ class Trainer:
 
     @torch.no_grad()
     def ref_logps(self, rollout: Rollout) -> torch.Tensor | None:
+        if self.cfg.beta > 0 and self.cfg.lora_r:  # the reference is the base, adapters off
+            with lora.adapters_disabled(self.model):
+                return self._logps(self.model, rollout, with_entropy=False).logps
         if self.ref_model is None:
             return None
         return self._logps(self.ref_model, rollout, with_entropy=False).logps
@@ -499,12 +539,18 @@ class Trainer:
                 sums["entropy_t1"] += float((entropy_t1 * full).sum())
             sums["clip_fraction"] += float((bound.float() * mask).sum())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-        self.optimizer.step()
+        skipped = not (math.isfinite(sums["loss"]) and math.isfinite(float(grad_norm)))
+        if skipped:  # one bad batch must not poison the weights or Adam's moments
+            log.warning("non-finite loss or gradient: update skipped")
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
         tokens = max(norm.num_tokens, 1)
         generated = max(int(batch.rollout.completion_mask.sum()), 1)
         out = {"loss": sums["loss"], "kl": sums["kl"] / tokens,
                "entropy": sums["entropy"] / generated,
-               "clip_fraction": sums["clip_fraction"] / tokens, "grad_norm": float(grad_norm)}
+               "clip_fraction": sums["clip_fraction"] / tokens, "grad_norm": float(grad_norm),
+               "update_skipped": int(skipped)}
         if self.keeper is not None:
             out["entropy_t1"] = sums["entropy_t1"] / generated
         if batch.revision is not None:
@@ -540,6 +586,7 @@ class Trainer:
             "completion_length/mean": float(rollout.lengths.float().mean()),
             "truncated_fraction": float(rollout.truncated.float().mean()),
             "rewards/masked": rewards.masked,
+            "rewards/failed": rewards.failed,
             "tokens/generated": tokens,
             "tokens/total": self.tokens_total,
             "temperature": float(rollout.temperatures.mean()),
@@ -588,6 +635,7 @@ class Trainer:
                 version, internal, gauss = state["herl_rng"]
                 self.herl_rng.setstate((version, tuple(internal), gauss))
             truncate_metrics(out / "metrics.jsonl", self.step_done)
+            truncate_metrics(out / "completions.jsonl", self.step_done)
         save_config(cfg, out / "config.yaml")
         return MetricsLog(out / "metrics.jsonl", append=bool(checkpoints))
 
@@ -604,6 +652,8 @@ class Trainer:
         """Run to ``max_steps`` (resuming if a checkpoint exists); return the summary."""
         cfg = self.cfg
         log = self._prepare_output()
+        trackers = Trackers(cfg.report_to, self.out, config=asdict(cfg) if isinstance(
+            cfg.dataset, str) else None, resume=self.step_done > 0)
         if self.before is None:
             self.before = self.evaluate(cfg.eval_pass_k)
         progress = Progress(cfg.max_steps, initial=self.step_done, enabled=cfg.progress)
@@ -613,13 +663,20 @@ class Trainer:
             for step in range(self.step_done + 1, cfg.max_steps + 1):
                 if self.budget_spent():
                     break
-                metrics = self.step(step)
+                try:
+                    metrics = self.step(step)
+                except TrainingStopped:
+                    self._checkpoint(self.step_done)  # the last completed step, to resume from
+                    raise
                 last = step == cfg.max_steps or self.budget_spent()
                 if last or cfg.eval_every and step % cfg.eval_every == 0:
                     result = self.evaluate(cfg.eval_pass_k if last else ())
                     after = result if last else None
                     metrics["eval/accuracy"] = (result or {}).get("accuracy")
+                    if result and "dense" in result:
+                        metrics["eval/dense"] = result["dense"]
                 log.write(metrics)
+                trackers.log(metrics, step)
                 progress.update(metrics)
                 self.step_done = step
                 if cfg.save_every and step % cfg.save_every == 0 or last:
@@ -627,6 +684,7 @@ class Trainer:
         finally:
             progress.close()
             log.close()
+            trackers.close()
         if after is None:  # resumed at max_steps: the final evaluation was not logged here
             after = self.evaluate(cfg.eval_pass_k)
         return self._finish(after, time.perf_counter() - start)
@@ -638,6 +696,9 @@ class Trainer:
     def _finish(self, after: dict | None, seconds: float) -> dict:
         final, tmp = self.out / "final", self.out / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
+        if lora.is_lora(self.model):  # adapters alone, then the merged model in final/
+            lora.save_adapter(self.model, self.out / "adapter")
+            self.model = lora.merge_lora(self.model)
         self.model.save_pretrained(tmp, safe_serialization=True)
         self.tokenizer.save_pretrained(tmp)
         shutil.rmtree(final, ignore_errors=True)

