@@ -69,6 +69,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         raise UserError(f"--pass-k {ns.pass_k!r}: expected integers like 1,4,16") from None
     if any(k < 1 for k in pass_k):
         raise UserError(f"--pass-k {ns.pass_k!r}: k must be >= 1")
+    if not ns.temperature > 0:
+        raise UserError(f"--temperature {ns.temperature}: must be > 0")
     raw = {"model": ns.model, "dataset": ns.dataset, "eval_size": ns.size,
            "max_completion_length": ns.max_new_tokens, "output_dir": "unused"}
     if ns.reward:
@@ -95,6 +97,9 @@ def _trainer_for(ns: argparse.Namespace, raw: dict):
     """A Trainer that only loads the model, the data and the reward of ``eval``/``improve``."""
     from explorl.config import config_from_dict
 
+    for flag, value in (("--size", ns.size), ("--max-new-tokens", ns.max_new_tokens)):
+        if value < 1:
+            raise UserError(f"{flag} {value}: must be >= 1")
     if ns.dataset not in ("arithmetic", "rubric", "rubric_stated"):
         raw["eval_dataset"] = ns.dataset
     cfg = config_from_dict(raw)
@@ -109,6 +114,8 @@ def _trainer_for(ns: argparse.Namespace, raw: dict):
 def cmd_improve(ns: argparse.Namespace) -> int:
     if ns.rounds < 0:
         raise UserError(f"--rounds {ns.rounds}: must be >= 0")
+    if ns.temperature < 0:
+        raise UserError(f"--temperature {ns.temperature}: must be >= 0 (0: greedy)")
     raw = {"model": ns.model, "dataset": ns.dataset, "eval_size": ns.size,
            "max_completion_length": ns.max_new_tokens, "output_dir": "unused",
            "reward_funcs": ["rubric"], "rubric_reward": "strict"}
@@ -142,9 +149,17 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes end like every other bad input: one line, exit code 2."""
+
+    def error(self, message: str):
+        print(f"explorl: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="explorl", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="explorl", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="RL training (GRPO); no arguments: the embedded default")
     t.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
     t.set_defaults(fn=cmd_train)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -277,6 +279,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     if origin is list:
         if isinstance(value, str):  # key=a,b,c from the command line
             value = [v for v in value.split(",") if v]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]  # key=4 from the command line: a list of one
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where}: {key}: expected a list, got {value!r}")
         return [_coerce(v, args[0] if args else Any, key, where) for v in value]
@@ -384,6 +388,13 @@ def validate(cfg: TrainConfig, lines: _Lines | None = None) -> None:
         if not ok:
             raise UserError(f"{lines(key)}: {key}: {msg}")
 
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        need(not isinstance(value, float) or math.isfinite(value), f.name,
+             f"must be a finite number, got {value}")
+    need(not Path(cfg.output_dir).exists() or Path(cfg.output_dir).is_dir(), "output_dir",
+         f"{cfg.output_dir} exists and is not a folder")
+
     for key in ("max_steps", "prompts_per_step", "num_generations", "max_completion_length",
                 "max_prompt_length", "num_iterations", "eval_size", "task_train_size",
                 "save_total_limit"):
@@ -427,6 +438,10 @@ def validate(cfg: TrainConfig, lines: _Lines | None = None) -> None:
         need(len(cfg.reward_weights) == len(cfg.reward_funcs), "reward_weights",
              f"{len(cfg.reward_weights)} weights for {len(cfg.reward_funcs)} reward functions")
     need(bool(cfg.output_dir), "output_dir", "must not be empty")
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # processes started by the launcher
+    need(cfg.prompts_per_step % world == 0, "prompts_per_step",
+         f"must be divisible by the number of processes ({world}), got "
+         f"{cfg.prompts_per_step}: each process takes an equal share of the prompts")
     need(0 <= cfg.reward_failure_limit <= 1, "reward_failure_limit", "must be in [0, 1]")
     need(cfg.nonfinite_limit >= 1, "nonfinite_limit", "must be >= 1")
     need(cfg.max_generated_tokens is None or cfg.max_generated_tokens >= 1,

@@ -31,6 +31,7 @@ from explorl.config import TrainConfig, save_config, validate
 from explorl.data import arithmetic, champ, gym, rubric_task
 from explorl.data.loaders import columns_of, load_rows
 from explorl.data.prompts import PromptCodec
+from explorl.distributed import Parallel
 from explorl.errors import TrainingStopped, UserError
 from explorl.evaluation import evaluate
 from explorl.exploration import hindsight as herl
@@ -59,6 +60,7 @@ from explorl.tracking import (
 )
 
 BUILTIN_TASKS = {"arithmetic", *rubric_task.VARIANTS}
+HERL_COUNTS = {"herl/drafts", "herl/revisions", "herl/replaced", "herl/tokens"}  # summed
 log = logging.getLogger("explorl")
 
 
@@ -176,6 +178,8 @@ class Trainer:
         self.optimizer = adamw(params, lr=cfg.learning_rate,
                                weight_decay=cfg.weight_decay,
                                betas=(cfg.adam_beta1, cfg.adam_beta2))
+        self.dist = Parallel()  # several processes only under accelerate launch or torchrun
+        self.train_model, self.optimizer = self.dist.prepare(self.model, self.optimizer)
         self.sampler = PromptSampler(len(self.train_rows), cfg.prompts_per_step, cfg.seed)
         self.budget = RolloutBudget(
             cfg.num_generations, cfg.budget_min, cfg.budget_max, cfg.budget_rule,
@@ -268,6 +272,7 @@ class Trainer:
     def step(self, step: int) -> dict:
         cfg = self.cfg
         t0 = time.perf_counter()
+        self.dist.seed_step(cfg.seed, step, self.herl_rng)
 
         # 1. Rollouts: samples per prompt (E3 budget, else num_generations) at the current
         #    temperature (E3 entropy keeping, else the configured one).
@@ -275,6 +280,8 @@ class Trainer:
         rows = [self.train_rows[i] for i in indices]
         prompts = [self.prompt_ids[i] for i in indices]
         counts = self.sample_counts(rows, step)
+        # This process's share of the prompts (all of them in a single process).
+        rows, prompts, counts = map(self.dist.shard, (rows, prompts, counts))
         temperature = self.keeper.temperature if self.keeper else cfg.temperature
         rollout = self.engine.generate(prompts, counts, [temperature] * len(prompts),
                                        cfg.max_completion_length)
@@ -284,9 +291,10 @@ class Trainer:
         rewards = self.score(rows, rollout)
         for error in rewards.errors:
             log.warning("step %d: reward masked: %s", step, error)
-        if rewards.failed > cfg.reward_failure_limit * len(rollout):
+        failed, sampled = self.dist.sum(rewards.failed, len(rollout))  # every process stops
+        if failed > cfg.reward_failure_limit * sampled:
             raise TrainingStopped(
-                f"step {step}: rewards failed on {rewards.failed} of {len(rollout)} samples "
+                f"step {step}: rewards failed on {int(failed)} of {int(sampled)} samples "
                 f"(over reward_failure_limit={cfg.reward_failure_limit}); first error: "
                 f"{(rewards.errors or ['?'])[0]}")
         t2 = time.perf_counter()
@@ -303,9 +311,14 @@ class Trainer:
         loss_mask[total.isnan()] = 0
         if cfg.mask_truncated_completions:
             loss_mask[trained.truncated] = 0
+        # The batch std spans every process's rewards (dr_grpo never scales).
+        shared_std = cfg.scale_rewards == "batch" and self.dist.world > 1 \
+            and cfg.advantage_estimator != "dr_grpo"
         advantages = compute_advantages(
-            cfg.advantage_estimator,
-            AdvantageInputs(total, trained.group_ids, loss_mask), cfg.scale_rewards)
+            cfg.advantage_estimator, AdvantageInputs(total, trained.group_ids, loss_mask),
+            "none" if shared_std else cfg.scale_rewards)
+        if shared_std:  # as group_relative's batch scaling, eps included
+            advantages = torch.nan_to_num(advantages / (self.dist.std(total) + 1e-4))
 
         # 5. Policy update: clipped surrogate on samples, shaped surrogate on revisions, KL to
         #    the reference, entropy bonus.
@@ -325,18 +338,21 @@ class Trainer:
         # 6. Controllers observe: pass rates -> difficulty, entropy -> next temperature.
         passed = self.passed(rewards)
         if self.budget:
-            self.budget.stats.update(
+            self.budget.stats.update(*self.dist.concat(  # every process's observations
                 [str(r["prompt_id"]) for r in rows],
                 [passed[(rollout.group_ids == g) & ~rewards.total.isnan()].tolist()
-                 for g in range(len(rows))])
-        metrics = self.step_metrics(rollout, rewards, passed, update,
+                 for g in range(len(rows))]))
+        metrics = self.step_metrics(*self.dist.whole_batch(rollout, rewards, passed), update,
                                     (t1 - t0, t2 - t1, t3 - t2), step)
+        herl_metrics = self.dist.reduce(herl_metrics, HERL_COUNTS)
         metrics.update(herl_metrics)
         every = cfg.log_completions_every
         if every and step % every == 0:
-            log_completions(self.out / "completions.jsonl", step,
-                            [rows[g]["prompt"] for g in trained.group_ids.tolist()],
-                            self.decode(trained), total.tolist(), advantages[:, 0].tolist())
+            samples = self.dist.concat([rows[g]["prompt"] for g in trained.group_ids.tolist()],
+                                       self.decode(trained), total.tolist(),
+                                       advantages[:, 0].tolist())
+            if self.dist.is_main:
+                log_completions(self.out / "completions.jsonl", step, *samples)
         self.tokens_total += herl_metrics.get("herl/tokens", 0)
         metrics["tokens/total"] = self.tokens_total
         if self.keeper:
@@ -493,18 +509,26 @@ class Trainer:
         batch's loss exactly, whatever the micro-batch size."""
         cfg = self.cfg
         n = len(batch.rollout)
-        norm = Normalizer(int((batch.loss_mask.sum(-1) > 0).sum()), int(batch.loss_mask.sum()),
-                          cfg.max_completion_length)
+        # Counts over every process's rows: each process's loss is its share of the batch's.
+        sequences, tokens = self.dist.sum(int((batch.loss_mask.sum(-1) > 0).sum()),
+                                          int(batch.loss_mask.sum()))
+        norm = Normalizer(int(sequences), int(tokens), cfg.max_completion_length)
         eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
         size = cfg.micro_batch_size or n
+        chunks = [slice(s, s + size) for s in range(0, n, size)]
+        # Forward and backward passes are collective under DDP/FSDP: a process with fewer rows
+        # (E3 budgets) makes up the difference with zero-weight passes over its first row.
+        filler = self.dist.max(len(chunks)) - len(chunks)
         sums = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "entropy_t1": 0.0, "clip_fraction": 0.0,
                 "loss/on_policy": 0.0, "loss/off_policy": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
-        for s in range(0, n, size):
-            rows = slice(s, s + size)
+        for i, rows in enumerate(chunks + [slice(0, 1)] * filler):
             mask = batch.loss_mask[rows]
+            full = batch.rollout.completion_mask[rows]
+            if i >= len(chunks):
+                mask, full = torch.zeros_like(mask), torch.zeros_like(full)
             logps, entropy, entropy_t1 = self._logps(
-                self.model, batch.rollout, rows,
+                self.train_model, batch.rollout, rows,
                 with_entropy="grad" if cfg.entropy_coef else True,
                 entropy_at_one=self.keeper is not None)
             old = logps.detach() if batch.old_logps is None else batch.old_logps[rows]
@@ -525,7 +549,7 @@ class Trainer:
             if cfg.entropy_coef:
                 per_token = per_token - cfg.entropy_coef * entropy
             loss = aggregate(per_token, mask, cfg.loss_type, norm)
-            loss.backward()
+            self.dist.backward(loss, last=i == len(chunks) + filler - 1)
             sums["loss"] += float(loss.detach())
             if batch.revision is not None:
                 off_mask = mask * off.long() if off is not None else torch.zeros_like(mask)
@@ -533,12 +557,12 @@ class Trainer:
                                                            cfg.loss_type, norm))
                 sums["loss/on_policy"] += float(aggregate(per_token.detach(), mask - off_mask,
                                                           cfg.loss_type, norm))
-            full = batch.rollout.completion_mask[rows]
             sums["entropy"] += float((entropy.detach() * full).sum())
             if entropy_t1 is not None:
                 sums["entropy_t1"] += float((entropy_t1 * full).sum())
             sums["clip_fraction"] += float((bound.float() * mask).sum())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        sums = dict(zip(sums, self.dist.sum(*sums.values())))  # the whole batch's
+        grad_norm = self.dist.clip_grad_norm(cfg.max_grad_norm)
         skipped = not (math.isfinite(sums["loss"]) and math.isfinite(float(grad_norm)))
         if skipped:  # one bad batch must not poison the weights or Adam's moments
             log.warning("non-finite loss or gradient: update skipped")
@@ -546,7 +570,7 @@ class Trainer:
         else:
             self.optimizer.step()
         tokens = max(norm.num_tokens, 1)
-        generated = max(int(batch.rollout.completion_mask.sum()), 1)
+        generated = max(int(self.dist.sum(int(batch.rollout.completion_mask.sum()))[0]), 1)
         out = {"loss": sums["loss"], "kl": sums["kl"] / tokens,
                "entropy": sums["entropy"] / generated,
                "clip_fraction": sums["clip_fraction"] / tokens, "grad_norm": float(grad_norm),
@@ -613,12 +637,13 @@ class Trainer:
                         temperature=self.cfg.eval_temperature,
                         threshold=self.cfg.success_threshold, codec=self.codec)
 
-    def _prepare_output(self) -> MetricsLog:
-        cfg, out = self.cfg, self.out
+    def _prepare_output(self) -> MetricsLog | None:
+        """Resume (every process); the files and the metrics log belong to the first."""
+        cfg, out, main = self.cfg, self.out, self.dist.is_main
         out.mkdir(parents=True, exist_ok=True)
         checkpoints = list_checkpoints(out)
         if cfg.resume == "never":
-            for p in checkpoints:
+            for p in checkpoints if main else []:
                 shutil.rmtree(p)
             checkpoints = []
         if checkpoints:
@@ -634,8 +659,11 @@ class Trainer:
             if state.get("herl_rng"):
                 version, internal, gauss = state["herl_rng"]
                 self.herl_rng.setstate((version, tuple(internal), gauss))
-            truncate_metrics(out / "metrics.jsonl", self.step_done)
-            truncate_metrics(out / "completions.jsonl", self.step_done)
+            if main:
+                truncate_metrics(out / "metrics.jsonl", self.step_done)
+                truncate_metrics(out / "completions.jsonl", self.step_done)
+        if not main:
+            return None
         save_config(cfg, out / "config.yaml")
         return MetricsLog(out / "metrics.jsonl", append=bool(checkpoints))
 
@@ -645,18 +673,22 @@ class Trainer:
                  "budget": self.budget.state() if self.budget else None,
                  "keeper": self.keeper.state() if self.keeper else None,
                  "herl_rng": self.herl_rng.getstate()}
-        save_checkpoint(self.out, step, self.model, self.tokenizer, self.optimizer, state,
-                        self.cfg.save_total_limit)
+        if self.dist.is_main:
+            save_checkpoint(self.out, step, self.model, self.tokenizer, self.optimizer, state,
+                            self.cfg.save_total_limit)
+        self.dist.barrier()  # nobody runs ahead of a checkpoint being written
 
     def train(self) -> dict:
         """Run to ``max_steps`` (resuming if a checkpoint exists); return the summary."""
         cfg = self.cfg
-        log = self._prepare_output()
-        trackers = Trackers(cfg.report_to, self.out, config=asdict(cfg) if isinstance(
-            cfg.dataset, str) else None, resume=self.step_done > 0)
-        if self.before is None:
+        log = self._prepare_output()  # None on all but the first process
+        main = self.dist.is_main  # evaluates and writes; the others wait at the next collective
+        trackers = Trackers(cfg.report_to if main else [], self.out, config=asdict(cfg) if
+                            isinstance(cfg.dataset, str) else None, resume=self.step_done > 0)
+        if self.before is None and main:
             self.before = self.evaluate(cfg.eval_pass_k)
-        progress = Progress(cfg.max_steps, initial=self.step_done, enabled=cfg.progress)
+        progress = Progress(cfg.max_steps, initial=self.step_done,
+                            enabled=cfg.progress and main)
         start = time.perf_counter()
         after = None
         try:
@@ -669,23 +701,25 @@ class Trainer:
                     self._checkpoint(self.step_done)  # the last completed step, to resume from
                     raise
                 last = step == cfg.max_steps or self.budget_spent()
-                if last or cfg.eval_every and step % cfg.eval_every == 0:
+                if main and (last or cfg.eval_every and step % cfg.eval_every == 0):
                     result = self.evaluate(cfg.eval_pass_k if last else ())
                     after = result if last else None
                     metrics["eval/accuracy"] = (result or {}).get("accuracy")
                     if result and "dense" in result:
                         metrics["eval/dense"] = result["dense"]
-                log.write(metrics)
-                trackers.log(metrics, step)
+                if main:
+                    log.write(metrics)
+                    trackers.log(metrics, step)
                 progress.update(metrics)
                 self.step_done = step
                 if cfg.save_every and step % cfg.save_every == 0 or last:
                     self._checkpoint(step)
         finally:
             progress.close()
-            log.close()
+            if log:
+                log.close()
             trackers.close()
-        if after is None:  # resumed at max_steps: the final evaluation was not logged here
+        if after is None and main:  # resumed at max_steps: the final evaluation was not logged
             after = self.evaluate(cfg.eval_pass_k)
         return self._finish(after, time.perf_counter() - start)
 
@@ -694,6 +728,8 @@ class Trainer:
         return limit is not None and self.tokens_total >= limit
 
     def _finish(self, after: dict | None, seconds: float) -> dict:
+        if not self.dist.is_main:
+            return self.dist.broadcast(None)  # the first process's summary, once it is written
         final, tmp = self.out / "final", self.out / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
         if lora.is_lora(self.model):  # adapters alone, then the merged model in final/
@@ -711,7 +747,7 @@ class Trainer:
         os.replace(tmp_summary, self.out / "summary.json")
         if self.cfg.plots:
             plot_run(self.out)
-        return summary
+        return self.dist.broadcast(summary)
 
 
 def before_after_table(summary: dict) -> str:

@@ -49,11 +49,11 @@ def resolve(spec) -> tuple[str, Callable]:
         raise UserError(f"reward_funcs: {module_name!r} has no function {attr!r}")
     try:
         params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        params = {}
+    except (TypeError, ValueError):  # not introspectable: its first call will tell
+        return (spec if spec in BUILTIN else attr), fn
     positional = [p for p in params.values() if p.kind in (p.POSITIONAL_ONLY,
                                                             p.POSITIONAL_OR_KEYWORD)]
-    if params and len(positional) < 2 and not any(
+    if len(positional) < 2 and not any(
             p.kind == p.VAR_POSITIONAL for p in params.values()):
         raise UserError(f"reward_funcs: {spec}: expected fn(prompts, completions, "
                         "completion_ids=None, **columns)")

@@ -1,0 +1,191 @@
+"""Data parallelism across processes started by ``accelerate launch`` (or ``torchrun``).
+
+Every process takes a disjoint, contiguous share of each step's prompts, samples, scores and
+computes advantages for its own groups; the loss is normalised by counts over all processes and
+scaled by the number of processes, so the gradient DDP averages is the gradient of the whole
+batch. Controllers (E3 statistics and temperature) see every process's observations and stay
+identical everywhere. A run in one process creates no ``Accelerator`` and no collective: it is
+exactly what it was without this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from explorl.errors import UserError
+
+
+def world_size() -> int:
+    """Processes in this run, as set by the launcher (1 when started directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class Parallel:
+    """Rank, world size and the few collectives the trainer needs; no-ops in one process."""
+
+    def __init__(self) -> None:
+        self.accelerator = None
+        self.model = None  # the prepared (wrapped) model, set by ``prepare``
+        self.rank, self.world = 0, 1
+        if world_size() == 1:
+            return
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        # The rotary tables are the model's only buffers and never change: no broadcast of
+        # buffers before every forward.
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+        if self.accelerator.device.type != "cpu":
+            raise UserError("distributed training: rollouts, log-probs and evaluation build "
+                            "their tensors on the CPU, so processes must run on CPU for now "
+                            "(see docs/distributed.md)")
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        """The model to train through (DDP/FSDP/DeepSpeed wrapped) and its optimizer."""
+        if self.accelerator is None:
+            self.model = model
+            return model, optimizer
+        self.model, optimizer = self.accelerator.prepare(model, optimizer)
+        return self.model, optimizer
+
+    def shard(self, items: list) -> list:
+        """This process's contiguous share of a step's prompts (groups never span processes)."""
+        if self.world == 1:
+            return items
+        share = len(items) // self.world
+        return items[self.rank * share:(self.rank + 1) * share]
+
+    def seed_step(self, seed: int, step: int, rng: random.Random) -> None:
+        """Seed this step's sampling from (seed, step, rank): processes draw different samples,
+        and a resumed run draws what the uninterrupted one would have."""
+        if self.world == 1:
+            return
+        value = int(np.random.SeedSequence([seed, step, self.rank]).generate_state(1)[0])
+        torch.manual_seed(value)
+        rng.seed(value)
+
+    def backward(self, loss: torch.Tensor, last: bool = True) -> None:
+        """Backward of this process's share of the loss; gradients are synchronised on the
+        ``last`` micro-batch only."""
+        if self.accelerator is None:
+            loss.backward()
+            return
+        acc = self.accelerator
+        acc.gradient_state._set_sync_gradients(last)  # DeepSpeed steps its engine when True
+        with contextlib.nullcontext() if last else acc.no_sync(self.model):
+            # Each share is normalised by global counts, so the shares sum to the batch loss;
+            # DDP averages gradients over processes, hence the factor.
+            acc.backward(loss * self.world)
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        if self.accelerator is None:
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        return torch.tensor(math.nan) if norm is None else torch.as_tensor(norm)
+
+    # --- collectives ---------------------------------------------------------------------------
+    def sum(self, *values: float) -> tuple:
+        """Each value summed over processes (float64); the values themselves in one process."""
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
+        dist.all_reduce(t)
+        return tuple(t.tolist())
+
+    def max(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.long, device=self.accelerator.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t)
+
+    def gather(self, obj) -> list:
+        """Every process's ``obj``, in rank order."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def concat(self, *lists: list) -> tuple:
+        """Each list joined over processes in rank order (the order of the whole batch)."""
+        if self.world == 1:
+            return lists
+        parts = self.gather(lists)
+        return tuple([x for p in parts for x in p[i]] for i in range(len(lists)))
+
+    def broadcast(self, obj):
+        """The first process's ``obj`` on every process."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            self.accelerator.wait_for_everyone()
+
+    # --- whole-batch views ---------------------------------------------------------------------
+    def std(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Unbiased std of the known rewards of the whole batch (NaN below two)."""
+        known = torch.cat([r[~r.isnan()] for r in self.gather(rewards)])
+        return known.std() if known.numel() >= 2 else torch.tensor(math.nan, dtype=known.dtype)
+
+    def whole_batch(self, rollout, rewards, passed: torch.Tensor):
+        """Every process's samples as one rollout (token ids left out), its rewards and pass
+        flags: step metrics then describe the whole batch, the same on every process."""
+        if self.world == 1:
+            return rollout, rewards, passed
+        parts = self.gather((rollout.group_ids, rollout.lengths, rollout.truncated,
+                             rollout.temperatures, rewards.total, rewards.per_func,
+                             rewards.masked, rewards.failed, passed))
+        groups, offset = [], 0
+        for p in parts:  # group ids continue across processes, as in one process
+            groups.append(p[0] + offset)
+            offset += int(p[0].max()) + 1
+        lengths = torch.cat([p[1] for p in parts])
+        mask = (torch.arange(max(int(lengths.max()), 1)) < lengths[:, None]).long()
+        empty = torch.zeros(len(lengths), 0, dtype=torch.long)
+        whole = replace(rollout, prompt_ids=empty, prompt_mask=empty,
+                        completion_ids=torch.zeros_like(mask), completion_mask=mask,
+                        temperatures=torch.cat([p[3] for p in parts]),
+                        group_ids=torch.cat(groups), truncated=torch.cat([p[2] for p in parts]))
+        scored = replace(rewards, total=torch.cat([p[4] for p in parts]),
+                         per_func={k: torch.cat([p[5][k] for p in parts]) for k in parts[0][5]},
+                         masked=sum(p[6] for p in parts), failed=sum(p[7] for p in parts),
+                         errors=[], grades=None)
+        return whole, scored, torch.cat([p[8] for p in parts])
+
+    def reduce(self, metrics: dict, summed: set[str]) -> dict:
+        """Metrics of every process as one: ``summed`` keys add up, the others are averaged
+        (NaN ignored). Processes hold equal numbers of prompts, so per-group rates average
+        exactly; per-sample rates are averaged per process."""
+        if self.world == 1:
+            return metrics
+        parts = self.gather(metrics)
+        out = {}
+        for key in dict.fromkeys(k for p in parts for k in p):
+            values = [p[key] for p in parts if key in p]
+            if key in summed:
+                out[key] = sum(values)
+            else:
+                known = [v for v in values if not math.isnan(v)]
+                out[key] = sum(known) / len(known) if known else math.nan
+        return out
