@@ -431,3 +431,29 @@ def test_bad_policy_is_a_user_error(tiny):
     model, tokenizer = tiny
     with pytest.raises(UserError, match="judge_on_failure"):
         HFJudge(model, tokenizer, on_failure="skip")
+
+
+def test_training_with_a_judge_never_writes_the_key(server, tmp_path, monkeypatch):
+    """A run whose rubric is graded by the judge over HTTP: the judge is asked, rewards come back,
+    and the key appears in no file the run wrote (config, metrics, checkpoints, summary)."""
+    from explorl import TrainConfig, Trainer
+
+    monkeypatch.setenv("JUDGE_TEST_KEY", KEY)
+    rubric = [{"description": "Mentions 1", "check": "judge", "weight": 2},
+              {"description": "short", "check": "max_chars", "args": {"n": 8}}]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "rubric": rubric}) + "\n"
+                            for i in range(8)))
+    out = tmp_path / "run"
+    cfg = TrainConfig(output_dir=str(out), dataset=str(data), max_steps=2, prompts_per_step=2,
+                      num_generations=4, judge_url=server.url, judge_model="judge-model",
+                      judge_api_key_env="JUDGE_TEST_KEY", save_every=1, progress=False,
+                      log_completions_every=1)
+    Trainer(cfg).train()
+    assert len(server.requests) == 16 and set(server.auth) == {f"Bearer {KEY}"}
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["rewards/failed"] == 0 and r["reward/mean"] is not None for r in rows)
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert len(written) > 10
+    for path in written:
+        assert KEY.encode() not in path.read_bytes(), path

@@ -55,3 +55,16 @@ def test_logprobs_and_entropy_use_each_rows_temperature():
         assert torch.allclose(logps[i], want.gather(-1, comp[i].unsqueeze(-1)).squeeze(-1),
                               atol=1e-5)
         assert torch.allclose(ent[i], -(want.exp() * want).sum(-1), atol=1e-5)
+
+
+def test_shipped_tokenizer_keeps_whitespace_and_round_trips():
+    """The shipped tokenizer must load as saved (not rebuilt as the architecture's tokenizer):
+    the rubric task's prompts have spaces and newlines."""
+    from explorl.models.policy import load_tokenizer
+    from explorl.models.tiny import char_tokenizer
+
+    text = "revise [a] 4 digits, has 7\nmet: 4 digits\nfix:"
+    loaded, built = load_tokenizer("tiny"), char_tokenizer()
+    ids = loaded(text, add_special_tokens=False).input_ids
+    assert ids == built(text, add_special_tokens=False).input_ids and len(ids) == len(text)
+    assert loaded.decode(ids) == text

@@ -159,8 +159,8 @@ def test_improve_keeps_the_best_answer_and_reports_each_round(monkeypatch):
     assert out["success_by_round"] == [0.5, 0.5, 1.0, 1.0]
     assert out["dense_by_round"] == [0.75, 0.75, 1.0, 1.0]
     assert out["answers"] == ["71", "5"]
-    assert seen[1] == ["revisep:72met:mentions'7'unmet:endswith'1'fix:"]
-    assert seen[2][0].startswith("revisep:33met:unmet:mentions'7',endswith'1'")  # latest
+    assert seen[1] == ["revise p:\nmet: mentions '7'\nunmet: ends with '1'\ndraft: 72\nfix:"]
+    assert seen[2] == ["revise p:\nmet: \nunmet: mentions '7', ends with '1'\ndraft: 33\nfix:"]
 
 
 def test_improve_cli_json(capsys):

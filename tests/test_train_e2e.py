@@ -79,10 +79,17 @@ def test_per_prompt_counts_and_temperatures(tmp_path):
             assert ids[n - 1] == eos
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("extra", [
+    {},
+    # HeRL's slot choice and E3's difficulty statistics and temperature must survive too
+    dict(method="herl", herl_accept="equal", budget="e3", budget_min=2, budget_max=6,
+         temperature_control="e3", entropy_target_steps=1),
+])
+def test_resume_continues_exactly(tmp_path, extra):
     def cfg(name, steps):
         return TrainConfig(output_dir=str(tmp_path / name), max_steps=steps, save_every=2,
-                           prompts_per_step=8, num_generations=4, warmup_steps=2, **FAST)
+                           prompts_per_step=8, num_generations=4, warmup_steps=2, **FAST,
+                           **extra)
 
     straight = Trainer(cfg("a", 4))
     straight.train()
@@ -97,6 +104,9 @@ def test_resume_continues_exactly(tmp_path):
 
     assert metrics("a") == metrics("b")
     assert sum(r["grad_norm"] > 0 for r in metrics("a")) >= 2  # the weights did move
+    if extra:
+        assert sum(r["herl/replaced"] for r in metrics("a")[2:]) > 0  # after the resume point
+        assert len({r["temperature"] for r in metrics("a")}) > 1
     for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
 

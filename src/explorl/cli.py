@@ -43,6 +43,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     trainer = Trainer(cfg)
     summary = trainer.train()
+    if not trainer.dist.is_main:  # one report per run, not one per process
+        return 0
     print(before_after_table(summary))
     print(f"steps {summary['steps']}, {summary['tokens_generated']} generated tokens, "
           f"{summary['train_seconds']} s; output in {cfg.output_dir}/")

@@ -37,18 +37,21 @@ class Parallel:
         self.rank, self.world = 0, 1
         if world_size() == 1:
             return
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-
-        # The rotary tables are the model's only buffers and never change: no broadcast of
-        # buffers before every forward.
-        self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(),
-            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-        if self.accelerator.device.type != "cpu":
-            raise UserError("distributed training: rollouts, log-probs and evaluation build "
-                            "their tensors on the CPU, so processes must run on CPU for now "
+        sharded = [name for name in ("FSDP", "DEEPSPEED")
+                   if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"]
+        # Rollouts, log-probs and evaluation build their tensors on the CPU: a GPU would get
+        # the model but not its inputs, and FSDP/DeepSpeed need GPUs.
+        if sharded:
+            raise UserError(f"distributed training: {' and '.join(sharded)} not supported yet, "
+                            f"only DDP on CPU processes (configs/accelerate/ddp_cpu.yaml; see "
+                            f"docs/distributed.md)")
+        if torch.cuda.is_available():
+            raise UserError("distributed training runs on CPU processes only for now: hide the "
+                            "GPUs (CUDA_VISIBLE_DEVICES=) and use configs/accelerate/ddp_cpu.yaml "
                             "(see docs/distributed.md)")
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(cpu=True)
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
 
@@ -57,7 +60,7 @@ class Parallel:
         return self.rank == 0
 
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        """The model to train through (DDP/FSDP/DeepSpeed wrapped) and its optimizer."""
+        """The model to train through (DDP-wrapped) and its optimizer."""
         if self.accelerator is None:
             self.model = model
             return model, optimizer
@@ -87,7 +90,6 @@ class Parallel:
             loss.backward()
             return
         acc = self.accelerator
-        acc.gradient_state._set_sync_gradients(last)  # DeepSpeed steps its engine when True
         with contextlib.nullcontext() if last else acc.no_sync(self.model):
             # Each share is normalised by global counts, so the shares sum to the batch loss;
             # DDP averages gradients over processes, hence the factor.
@@ -96,8 +98,7 @@ class Parallel:
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         if self.accelerator is None:
             return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        norm = self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-        return torch.tensor(math.nan) if norm is None else torch.as_tensor(norm)
+        return self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
 
     # --- collectives ---------------------------------------------------------------------------
     def sum(self, *values: float) -> tuple:

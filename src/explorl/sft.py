@@ -43,7 +43,7 @@ class SFTConfig:
     threads: int = 1
     """CPU threads. The float summation order depends on it; 1 gives the same weights on any
     machine (the shipped model was built with 1)."""
-    rubric_steps: int = 3000
+    rubric_steps: int = 2000
     """Second phase: steps on the rubric task (direct answers and revisions), with every
     ``replay_every``-th batch arithmetic so that the first phase is not forgotten."""
     rubric_learning_rate: float = 2e-3
@@ -101,9 +101,10 @@ def _fit(cfg: SFTConfig, log) -> dict:
 
         _train(model, tok, cfg.steps, cfg.learning_rate, cfg.warmup_steps,
                lambda: _arithmetic_demos(cfg, rng, held), log)
+    rubric = _rubric_phase(cfg, model, tok, held, log) if cfg.rubric_steps else None
     result = evaluate_rows(model, tok, heldout, max_new_tokens=8, pass_k=(1, 8))
-    if cfg.rubric_steps:
-        result["rubric"] = _rubric_phase(cfg, model, tok, held, log)
+    if rubric is not None:
+        result["rubric"] = rubric
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

@@ -7,10 +7,10 @@ That rule is learnable, but a policy only finds it by chance or by being told, w
 regime of rubric-judged tasks where hindsight can matter. In the ``stated`` variant
 (``rubric_stated``) the same criterion is written in the prompt.
 
-The SFT warm start (:func:`sft_examples`) teaches two modes: imperfect direct answers (which
-ignore the tag) and revisions (draft + met and unmet criteria -> a minimal repair). In the
-revision examples the ending criterion names a random digit, so the only way to fix it is to read
-the unmet list.
+The SFT warm start (:func:`sft_example`) teaches two modes: imperfect direct answers (which
+ignore the tag) and revisions (draft + met and unmet criteria -> an answer meeting them all, close
+to the draft). In the revision examples the ending criterion names a random digit, so the only
+way to meet it is to read the lists.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ TAGS = {"a": "1", "b": "4", "c": "7", "d": "0"}
 DIGITS = "0123456789"
 TRAIN_SEED, HELDOUT_SEED = 4321, 8765
 REVISE_TEMPLATE = "revise {instruction}\nmet: {met_list}\nunmet: {unmet_list}\ndraft: {draft}\nfix:"
-"""The compact hindsight prompt the shipped model was warm-started on. The draft comes last,
-next to the answer, where a small model finds it easiest to copy from."""
+"""The compact hindsight prompt the shipped model was warm-started on."""
 VARIANTS = {"rubric": True, "rubric_stated": False}  # task name -> the ending is hidden
 
 
@@ -110,7 +109,7 @@ def _edit(rng: random.Random, text: str) -> str:
     return text[:i] + text[i + 1:]
 
 
-def draft_answer(rng: random.Random, row: dict, hidden: bool, edit_rate: float = 0.75) -> str:
+def draft_answer(rng: random.Random, row: dict, hidden: bool, edit_rate: float = 0.6) -> str:
     """An imperfect direct answer: meets the stated constraints up to a few random edits; a
     hidden ending is met only by chance."""
     text = row["solution"]
@@ -120,28 +119,6 @@ def draft_answer(rng: random.Random, row: dict, hidden: bool, edit_rate: float =
         for _ in range(rng.randint(1, 2)):
             text = _edit(rng, text)
     return text
-
-
-def repair(rng: random.Random, draft: str, rubric: list[dict]) -> str:
-    """The draft with the fewest simple edits that meet every criterion (the revision target)."""
-    by_kind = {c["check"]: c["args"] for c in rubric}
-    avoid = {c["args"]["words"][0] for c in rubric if c["check"] == "avoid"}
-    need = [c["args"]["words"][0] for c in rubric if c["check"] == "include"]
-    allowed = [d for d in DIGITS if d not in avoid] or list(DIGITS)
-    chars = [d if d not in avoid else rng.choice(allowed) for d in draft] or [allowed[0]]
-    n = by_kind["num_chars"]["n"]
-    while len(chars) > n:
-        del chars[len(chars) // 2]
-    while len(chars) < n:
-        chars.insert(len(chars) // 2 + 1 if len(chars) > 1 else 1, rng.choice(allowed))
-    if "starts_with" in by_kind:
-        chars[0] = by_kind["starts_with"]["prefix"]
-    if "ends_with" in by_kind:
-        chars[-1] = by_kind["ends_with"]["suffix"]
-    for digit in need:
-        if digit not in chars:
-            chars[1 + rng.randrange(n - 2)] = digit
-    return "".join(chars)
 
 
 def render_revision(row: dict, draft: str, verdicts: list[bool]) -> str:
@@ -164,8 +141,5 @@ def sft_example(rng: random.Random, held: set[str], revise_share: float = 0.5) -
         if not revise:
             return {"prompt": row["prompt"], "answer": draft}
         verdicts = [_met(draft, c) for c in row["rubric"]]
-        if all(verdicts) or not draft:
-            continue
-        target = repair(rng, draft, row["rubric"])
-        if all(_met(target, c) for c in row["rubric"]):
-            return {"prompt": render_revision(row, draft, verdicts), "answer": target}
+        if not all(verdicts):
+            return {"prompt": render_revision(row, draft, verdicts), "answer": row["solution"]}

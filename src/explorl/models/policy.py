@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 from explorl.errors import UserError
 from explorl.models.smollm2 import smollm2_path
@@ -37,10 +43,23 @@ def resolve_model_path(name: str) -> str:
     return name  # a hub id: works when it is in the local cache
 
 
+def _generic_tokenizer(path: str) -> bool:
+    config = Path(path) / "tokenizer_config.json"
+    if not (Path(path) / "tokenizer.json").exists() or not config.exists():
+        return False
+    cls = json.loads(config.read_text()).get("tokenizer_class")
+    return cls in ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load_tokenizer(name: str):
     path = resolve_model_path(name)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        if _generic_tokenizer(path):
+            # A tokenizer saved as a bare tokenizers pipeline (the shipped model's): AutoTokenizer
+            # would rebuild it as the architecture's tokenizer, with that one's pre-tokenizer
+            tok = PreTrainedTokenizerFast.from_pretrained(path)
+        else:
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"model={name}: cannot load a tokenizer ({first})") from None

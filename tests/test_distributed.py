@@ -1,0 +1,122 @@
+"""Data-parallel training over 2 CPU processes (gloo), launched with the shipped accelerate
+config: the run completes and only the first process writes; the gradient of a batch split over
+the processes is the single-process gradient of the whole batch; both processes hold the same
+weights; a resumed distributed run continues exactly."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import distributed_update as du
+
+pytest.importorskip("accelerate")
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch",
+          "--config_file", str(ROOT / "configs/accelerate/ddp_cpu.yaml")]
+
+
+def launch(args: list[str], cwd: Path) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TRANSFORMERS_VERBOSITY="error",
+               HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(LAUNCH + args, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cli_train_on_two_processes(tmp_path):
+    run = tmp_path / "run"
+    launch(["-m", "explorl.cli", "train", f"output_dir={run}", "max_steps=3",
+            "prompts_per_step=4", "num_generations=4", "eval_size=16", "task_train_size=100",
+            "save_every=2", "plots=false", "progress=false", "budget=e3", "budget_min=2",
+            "budget_max=6", "micro_batch_size=3", "temperature_control=e3",
+            "entropy_target_steps=1", "log_completions_every=1"], tmp_path)
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint-2", "checkpoint-3", "completions.jsonl", "config.yaml", "final",
+        "metrics.jsonl", "summary.json"]
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3]  # one line per step: the first process only
+    for r in rows:  # whole-batch metrics: every prompt's samples, the budget's total
+        assert len(r["samples_per_prompt"]) == 4 and sum(r["samples_per_prompt"]) == 16
+    assert "eval/accuracy" in rows[-1]
+    samples = [json.loads(x) for x in (run / "completions.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 * 16  # both processes' samples
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["after"] is not None
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("split")
+    launch(["-m", "tests.helpers.distributed_update", str(out)], ROOT)
+    return out
+
+
+@pytest.mark.parametrize("case", list(du.CASES))
+def test_split_batch_gives_the_whole_batch_gradient(split_run, tmp_path, case):
+    trainer = du.trainer_for(case, str(tmp_path / "run"))
+    batch = du.fixed_batch(trainer)
+    whole, single = du.update(trainer, batch)
+    ranks = [load_file(str(split_run / f"{case}-rank{r}.safetensors")) for r in (0, 1)]
+    for name, t in whole.items():
+        # Adam's first step is lr * g / (|g| + eps): a gradient of 1e-9 that differs in its last
+        # float32 digits (another summation order) moves a weight by ~1e-6 more or less.
+        atol = 1e-6 if name.startswith("grad.") else 1e-5
+        torch.testing.assert_close(ranks[0][name], t, rtol=1e-5, atol=atol, msg=name)
+        assert torch.equal(ranks[0][name], ranks[1][name]), name  # the processes agree exactly
+    for r in (0, 1):
+        split = json.loads((split_run / f"{case}-rank{r}.json").read_text())
+        for key in ("loss", "kl", "entropy", "clip_fraction", "grad_norm",
+                    "loss/on_policy", "loss/off_policy"):
+            assert split[key] == pytest.approx(single[key], rel=1e-5, abs=1e-7), key
+        assert split["batch_std"] == pytest.approx(float(batch.advantages[:, 0].std()))
+
+
+def test_resumed_distributed_run_continues_exactly(split_run):
+    def drop(rows):
+        return [{k: v for k, v in r.items() if not k.startswith(("time/", "eval/"))}
+                for r in rows]
+
+    assert drop(metrics(split_run / "straight")) == drop(metrics(split_run / "resumed"))
+    a = load_file(str(split_run / "straight/final/model.safetensors"))
+    b = load_file(str(split_run / "resumed/final/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_prompts_must_split_evenly(tmp_path, monkeypatch):
+    from explorl import TrainConfig
+    from explorl.config import validate
+    from explorl.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(UserError, match="prompts_per_step: must be divisible by the number of "
+                                        r"processes \(3\)"):
+        validate(TrainConfig(prompts_per_step=16, output_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("env,cuda,match", [
+    ({"ACCELERATE_USE_FSDP": "true"}, False, "FSDP not supported yet"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, False, "DEEPSPEED not supported yet"),
+    ({}, True, "runs on CPU processes only"),
+])
+def test_gpu_and_sharded_runs_are_refused_clearly(monkeypatch, env, cuda, match):
+    from explorl.distributed import Parallel
+    from explorl.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    with pytest.raises(UserError, match=match):
+        Parallel()
