@@ -31,6 +31,7 @@ from sympy.parsing.sympy_parser import (
     standard_transformations,
 )
 
+from explorl.data.prompts import completion_text
 from explorl.errors import UserError
 from explorl.rewards.math import math_verify_reward
 
@@ -110,7 +111,7 @@ def champ_reward(prompts, completions, completion_ids=None, *, answer_kind: list
 def final_yes_no(completion: Any) -> str | None:
     """``"yes"`` / ``"no"`` from the last ``\\boxed{}`` of a completion or, without one, its last
     non-empty line; None when that does not start with either word."""
-    text = _completion_text(completion)
+    text = completion_text(completion)
     boxed = _last_boxed(text)
     if boxed is None:
         lines = [line for line in text.splitlines() if line.strip()]
@@ -178,11 +179,3 @@ def _last_boxed(text: str) -> str | None:
             return text[start:i]
     return text[start:]
 
-
-def _completion_text(completion: Any) -> str:
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion:
-        last = completion[-1]
-        return last.get("content", "") if isinstance(last, dict) else str(last)
-    return ""

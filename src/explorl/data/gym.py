@@ -27,6 +27,7 @@ import json
 import re
 from typing import Any
 
+from explorl.data.prompts import completion_text
 from explorl.errors import UserError
 
 SPEC_PREFIX = "reasoning_gym:"
@@ -72,7 +73,7 @@ def extract_answer(completion: Any) -> str | None:
     """The text inside the last ``<answer>...</answer>`` of a completion (stripped); without
     tags, its last non-empty line; None for an empty completion. Conversational completions
     use the last message's content."""
-    text = _completion_text(completion)
+    text = completion_text(completion)
     tagged = _ANSWER_TAG.findall(text)
     if tagged:
         return tagged[-1].strip()
@@ -211,11 +212,3 @@ def _untag(obj: dict) -> Any:
 def _hashable(key: Any) -> Any:
     return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
 
-
-def _completion_text(completion: Any) -> str:
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion:
-        last = completion[-1]
-        return last.get("content", "") if isinstance(last, dict) else str(last)
-    return ""

@@ -49,3 +49,13 @@ class PromptCodec:
         if is_conversational(prompt):
             return [{"role": "assistant", "content": text}]
         return text
+
+
+def completion_text(completion) -> str:
+    """The text of a completion in either TRL layout (the last message's content)."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and completion:
+        last = completion[-1]
+        return last.get("content", "") if isinstance(last, dict) else str(last)
+    return ""
