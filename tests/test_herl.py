@@ -297,3 +297,17 @@ def test_herl_run_revises_and_updates(tmp_path):
     assert all(r["tokens/total"] > 0 for r in rows)
     assert rows[-1]["tokens/total"] == summary["tokens_generated"]
     assert "loss/off_policy" in rows[-1]
+
+
+def test_a_rubric_reward_from_python_drives_hindsight(tmp_path):
+    from explorl.rewards.rubric import RubricReward
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), method="herl", dataset=DATA,
+                      reward_funcs=[RubricReward("strict")], progress=False, plots=False)
+    t = Trainer(cfg)
+    _, rewards, (_, _, revision, _, m) = run_hindsight(t, SAMPLES, GROUPS, ["71", "3", "3"])
+    assert rewards.total.tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]  # strict
+    # strict: the whole failed group ties at 0; most criteria met first ("72", "47", then "33")
+    assert m["herl/drafts"] == 3 and m["herl/failed_groups"] == 0.5
+    assert t.tokenizer.decode(t.engine.calls[0]["prompts"][2]).count("33") == 1
+    assert int(revision.sum()) == 1

@@ -153,7 +153,8 @@ class Trainer:
         specs = cfg.reward_funcs or [default_reward]
         self.reward_funcs = unique_names(
             [("rubric", self.rubric) if s == "rubric" else resolve(s) for s in specs])
-        if cfg.method == "herl" and not any(fn is self.rubric for _, fn in self.reward_funcs):
+        if cfg.method == "herl" and not ("rubric" in self.train_rows[0] and any(
+                isinstance(fn, RubricReward) for _, fn in self.reward_funcs)):
             raise UserError("method: herl needs the 'rubric' reward (reward_funcs: [rubric]) "
                             "and data with a 'rubric' column")
         self.revise_template = cfg.herl_revise_template or (
