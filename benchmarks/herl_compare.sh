@@ -13,7 +13,7 @@ OMP_NUM_THREADS=1 $EXPLORL compare grpo:method=grpo herl herl_original herl_blan
     --output runs/herl/rubric --set dataset=rubric "${COMMON[@]}" &
 ( OMP_NUM_THREADS=1 $EXPLORL compare herl_hindsight \
     --output runs/herl/rubric --set dataset=rubric "${COMMON[@]}"
-  OMP_NUM_THREADS=1 $EXPLORL compare grpo:method=grpo herl \
+  OMP_NUM_THREADS=1 $EXPLORL compare grpo:method=grpo herl herl_blank \
     --output runs/herl/rubric_stated --set dataset=rubric_stated "${COMMON[@]}" ) &
 wait
 OMP_NUM_THREADS=2 .venv/bin/python benchmarks/herl_report.py runs/herl docs/img/herl
