@@ -102,14 +102,14 @@ def _trainer_for(ns: argparse.Namespace, raw: dict):
     for flag, value in (("--size", ns.size), ("--max-new-tokens", ns.max_new_tokens)):
         if value < 1:
             raise UserError(f"{flag} {value}: must be >= 1")
-    if ns.dataset not in ("arithmetic", "rubric", "rubric_stated"):
+    _quiet()
+    from explorl.trainer import BUILTIN_TASKS, Trainer
+
+    if ns.dataset not in BUILTIN_TASKS:
         raw["eval_dataset"] = ns.dataset
     cfg = config_from_dict(raw)
     if not Path(ns.model).exists() and ns.model != "tiny":
         raise UserError(f"model {ns.model!r}: no such model folder or run directory")
-    _quiet()
-    from explorl.trainer import Trainer
-
     return Trainer(cfg)
 
 

@@ -51,8 +51,8 @@ class SFTConfig:
     """Share of rubric demonstrations that are revisions of a failed draft."""
     replay_every: int = 4
     init_from: str | None = None
-    """Skip the arithmetic phase and continue from this model folder (the phase is
-    deterministic, so starting from its saved output gives the same weights)."""
+    """Skip the arithmetic phase and continue from this model folder (e.g. the output of a run
+    with ``rubric_steps=0``)."""
 
 
 def _batch(tok, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -397,8 +397,8 @@ class Trainer:
         original = rewards.total
         total = original.clone()
         groups = rollout.group_ids
-        num_met = torch.tensor([g.num_met if g else -1 for g in rewards.grades or []] or
-                               [0] * len(rollout))
+        num_met = torch.tensor([g.num_met if g else -1
+                                for g in rewards.grades or [None] * len(rollout)])
         failed = herl.failed_groups(original, groups, cfg.herl_threshold)
         drafts = [c for g in failed for c in herl.choose_candidates(
             original, num_met, groups, g, cfg.herl_candidate_limit)]

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import random
 
+from explorl.rewards.rubric import RULES
+
 TAGS = {"a": "1", "b": "4", "c": "7", "d": "0"}
 DIGITS = "0123456789"
 TRAIN_SEED, HELDOUT_SEED = 4321, 8765
@@ -86,16 +88,7 @@ def splits(train_size: int, heldout_size: int, hidden: bool = True) -> tuple[lis
 
 # --- the SFT warm start -------------------------------------------------------------------------
 def _met(text: str, c: dict) -> bool:
-    args = c["args"]
-    if c["check"] == "num_chars":
-        return len(text) == args["n"]
-    if c["check"] == "starts_with":
-        return text.startswith(args["prefix"])
-    if c["check"] == "include":
-        return args["words"][0] in text
-    if c["check"] == "avoid":
-        return args["words"][0] not in text
-    return text.endswith(args["suffix"])
+    return RULES[c["check"]].check(text, **c["args"])
 
 
 def _edit(rng: random.Random, text: str) -> str:

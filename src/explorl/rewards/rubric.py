@@ -92,15 +92,7 @@ class Criterion:
         return self.check == JUDGE
 
     def met(self, text: str) -> bool:
-        fn = self.check if callable(self.check) else _predicate(self.check)
-        return bool(fn(text, **self.args))
-
-
-def _predicate(name: str) -> Callable[..., bool]:
-    if name in RULES:
-        return RULES[name].check
-    module_name, attr = name.split(":", 1)
-    return getattr(importlib.import_module(module_name), attr)
+        return bool(_resolve_check(self.check, "check")(text, **self.args))
 
 
 def parse_criterion(obj, where: str) -> Criterion:
