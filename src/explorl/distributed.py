@@ -6,6 +6,11 @@ scaled by the number of processes, so the gradient DDP averages is the gradient 
 batch. Controllers (E3 statistics and temperature) see every process's observations and stay
 identical everywhere. A run in one process creates no ``Accelerator`` and no collective: it is
 exactly what it was without this module.
+
+Under an FSDP config the model is sharded with FSDP2 (``fully_shard``: one unit per decoder
+layer, then the root): parameters, gradients and optimizer state live in ``1/N`` shards. Rollouts,
+evaluation and saving run under :meth:`Parallel.gathered`, which all-gathers the weights once, so
+that processes may generate different numbers of tokens without a collective per token.
 """
 
 from __future__ import annotations
@@ -35,16 +40,16 @@ class Parallel:
         self.accelerator = None
         self.model = None  # the prepared (wrapped) model, set by ``prepare``
         self.rank, self.world = 0, 1
+        self.fsdp = False
         if world_size() == 1:
             return
-        sharded = [name for name in ("FSDP", "DEEPSPEED")
-                   if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"]
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+            raise UserError("distributed training: DeepSpeed not supported yet; use DDP or FSDP "
+                            "(configs/accelerate/ddp_cpu.yaml, fsdp_cpu.yaml; see "
+                            "docs/distributed.md)")
+        self.fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
         # Rollouts, log-probs and evaluation build their tensors on the CPU: a GPU would get
-        # the model but not its inputs, and FSDP/DeepSpeed need GPUs.
-        if sharded:
-            raise UserError(f"distributed training: {' and '.join(sharded)} not supported yet, "
-                            f"only DDP on CPU processes (configs/accelerate/ddp_cpu.yaml; see "
-                            f"docs/distributed.md)")
+        # the model but not its inputs.
         if torch.cuda.is_available():
             raise UserError("distributed training runs on CPU processes only for now: hide the "
                             "GPUs (CUDA_VISIBLE_DEVICES=) and use configs/accelerate/ddp_cpu.yaml "
@@ -59,13 +64,95 @@ class Parallel:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
-        """The model to train through (DDP-wrapped) and its optimizer."""
+    def prepare(self, model: torch.nn.Module, make_optimizer):
+        """The model to train through (DDP-wrapped, or sharded in place under FSDP) and its
+        optimizer, built by ``make_optimizer(model)``."""
         if self.accelerator is None:
             self.model = model
-            return model, optimizer
-        self.model, optimizer = self.accelerator.prepare(model, optimizer)
+            return model, make_optimizer(model)
+        if self.fsdp:  # the optimizer must see the sharded parameters
+            from torch.distributed.fsdp import fully_shard
+
+            units = set(getattr(model, "_no_split_modules", None) or ())
+            for module in model.modules():
+                if type(module).__name__ in units:
+                    fully_shard(module)
+            self.model = fully_shard(model)
+            return self.model, make_optimizer(self.model)
+        self.model, optimizer = self.accelerator.prepare(model, make_optimizer(model))
         return self.model, optimizer
+
+    @contextlib.contextmanager
+    def gathered(self):
+        """Full weights on every process for the duration (FSDP); a no-op otherwise. Every
+        process must enter it: gathering is a collective. Inside, forward passes run no
+        collectives, so processes may differ in how many they make."""
+        if not self.fsdp:
+            yield
+            return
+        from torch.distributed.fsdp import FSDPModule
+
+        units = [m for m in self.model.modules() if isinstance(m, FSDPModule)]
+        self.model.set_reshard_after_forward(False)  # and every unit below it
+        for unit in units:
+            unit.unshard()
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.reshard()
+            self.model.set_reshard_after_forward(True)
+
+    # --- checkpoints under FSDP: full (unsharded) state on the first process ------------------
+    def model_state(self) -> dict | None:
+        """The full weights (FSDP, collective), or None: the model saves its own."""
+        if not self.fsdp:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # Tied weights come out under each name; keep one, as the model itself saves them.
+        own = {n for n, _ in self.model.named_parameters()} | {
+            n for n, _ in self.model.named_buffers()}
+        return {k: v for k, v in full.items() if k in own}
+
+    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
+        """``optimizer.state_dict()``; under FSDP the full state, keyed by parameter index as
+        one process would key it, so checkpoints do not depend on how the run was sharded."""
+        if not self.fsdp:
+            return optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        full = get_optimizer_state_dict(self.model, optimizer, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=True))
+        index = {name: i for i, name in enumerate(self._names())}
+        return {"state": {index[k]: v for k, v in full.get("state", {}).items()},
+                "param_groups": [{**g, "params": [index[k] for k in g["params"]]}
+                                 for g in full.get("param_groups", [])]}
+
+    def load_state(self, optimizer: torch.optim.Optimizer, weights: dict,
+                   optimizer_state: dict) -> None:
+        """Shard a checkpoint's full weights and optimizer state into this process (FSDP)."""
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, strict=False)
+        set_model_state_dict(self.model, weights, options=options)
+        names = self._names()
+        named = {"state": {names[i]: v for i, v in optimizer_state["state"].items()},
+                 "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
+                                  for g in optimizer_state["param_groups"]]}
+        set_optimizer_state_dict(self.model, optimizer, named, options=options)
+
+    def _names(self) -> list[str]:
+        return [name for name, _ in self.model.named_parameters()]
 
     def shard(self, items: list) -> list:
         """This process's contiguous share of a step's prompts (groups never span processes)."""
@@ -89,6 +176,9 @@ class Parallel:
         if self.accelerator is None:
             loss.backward()
             return
+        if self.fsdp:  # gradients are reduce-scattered (averaged) in every backward
+            (loss * self.world).backward()
+            return
         acc = self.accelerator
         with contextlib.nullcontext() if last else acc.no_sync(self.model):
             # Each share is normalised by global counts, so the shares sum to the batch loss;
@@ -98,6 +188,8 @@ class Parallel:
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         if self.accelerator is None:
             return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self.fsdp:  # the norm of sharded gradients is a sharded tensor: take its value
+            return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).full_tensor()
         return self.accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
 
     # --- collectives ---------------------------------------------------------------------------

@@ -169,18 +169,22 @@ class Trainer:
             targets = cfg.lora_target_modules  # PEFT wants its shorthand as a bare string
             self.model = lora.apply_lora(self.model, cfg.lora_r, cfg.lora_alpha, 0.0,
                                          "all-linear" if targets == ["all-linear"] else targets)
+        if cfg.gradient_checkpointing:  # the newer name first (transformers 5.x)
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable({"use_reentrant": False})
         disable_dropout(self.model)
         self.model.train()
         self.ref_model = None
         if cfg.beta > 0 and not cfg.lora_r:  # the reference exists only when the KL term is on
             self.ref_model = load_model(cfg.model).eval().requires_grad_(False)
         self.engine = HFEngine(self.model, self.tokenizer, top_p=cfg.top_p)
-        params = lora.trainable_parameters(self.model) if cfg.lora_r else self.model.parameters()
-        self.optimizer = adamw(params, lr=cfg.learning_rate,
-                               weight_decay=cfg.weight_decay,
-                               betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.dist = Parallel()  # several processes only under accelerate launch or torchrun
-        self.train_model, self.optimizer = self.dist.prepare(self.model, self.optimizer)
+        self.train_model, self.optimizer = self.dist.prepare(self.model, lambda model: adamw(
+            lora.trainable_parameters(model) if cfg.lora_r else model.parameters(),
+            lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+            betas=(cfg.adam_beta1, cfg.adam_beta2)))
         self.sampler = PromptSampler(len(self.train_rows), cfg.prompts_per_step, cfg.seed)
         self.budget = RolloutBudget(
             cfg.num_generations, cfg.budget_min, cfg.budget_max, cfg.budget_rule,
@@ -275,56 +279,62 @@ class Trainer:
         t0 = time.perf_counter()
         self.dist.seed_step(cfg.seed, step, self.herl_rng)
 
-        # 1. Rollouts: samples per prompt (E3 budget, else num_generations) at the current
-        #    temperature (E3 entropy keeping, else the configured one).
-        indices = self.sampler.next()
-        rows = [self.train_rows[i] for i in indices]
-        prompts = [self.prompt_ids[i] for i in indices]
-        counts = self.sample_counts(rows, step)
-        # This process's share of the prompts (all of them in a single process).
-        rows, prompts, counts = map(self.dist.shard, (rows, prompts, counts))
-        temperature = self.keeper.temperature if self.keeper else cfg.temperature
-        rollout = self.engine.generate(prompts, counts, [temperature] * len(prompts),
-                                       cfg.max_completion_length)
-        t1 = time.perf_counter()
+        # Under FSDP, sampling and the log-probs before the update use gathered weights.
+        with self.dist.gathered(), self.precision():
+            # 1. Rollouts: samples per prompt (E3 budget, else num_generations) at the current
+            #    temperature (E3 entropy keeping, else the configured one).
+            indices = self.sampler.next()
+            rows = [self.train_rows[i] for i in indices]
+            prompts = [self.prompt_ids[i] for i in indices]
+            counts = self.sample_counts(rows, step)
+            # This process's share of the prompts (all of them in a single process).
+            rows, prompts, counts = map(self.dist.shard, (rows, prompts, counts))
+            temperature = self.keeper.temperature if self.keeper else cfg.temperature
+            rollout = self.engine.generate(prompts, counts, [temperature] * len(prompts),
+                                           cfg.max_completion_length)
+            t1 = time.perf_counter()
 
-        # 2. Rewards, weighted over the reward functions; NaN marks an unknown reward.
-        rewards = self.score(rows, rollout)
-        for error in rewards.errors:
-            log.warning("step %d: reward masked: %s", step, error)
-        failed, sampled = self.dist.sum(rewards.failed, len(rollout))  # every process stops
-        if failed > cfg.reward_failure_limit * sampled:
-            raise TrainingStopped(
-                f"step {step}: rewards failed on {int(failed)} of {int(sampled)} samples "
-                f"(over reward_failure_limit={cfg.reward_failure_limit}); first error: "
-                f"{(rewards.errors or ['?'])[0]}")
-        t2 = time.perf_counter()
+            # 2. Rewards, weighted over the reward functions; NaN marks an unknown reward.
+            rewards = self.score(rows, rollout)
+            for error in rewards.errors:
+                log.warning("step %d: reward masked: %s", step, error)
+            # every process stops together
+            failed, sampled = self.dist.sum(rewards.failed, len(rollout))
+            if failed > cfg.reward_failure_limit * sampled:
+                raise TrainingStopped(
+                    f"step {step}: rewards failed on {int(failed)} of {int(sampled)} samples "
+                    f"(over reward_failure_limit={cfg.reward_failure_limit}); first error: "
+                    f"{(rewards.errors or ['?'])[0]}")
+            t2 = time.perf_counter()
 
-        # 3. HeRL: failed groups -> hindsight prompts -> revisions -> draft bonus, replacement.
-        trained, total, revision, revision_old = rollout, rewards.total, None, None
-        herl_metrics = {}
-        if cfg.method == "herl":
-            trained, total, revision, revision_old, herl_metrics = self.hindsight(
-                rows, prompts, rollout, rewards)
+            # 3. HeRL: failed groups -> hindsight prompts -> revisions -> draft bonus,
+            #    replacement.
+            trained, total, revision, revision_old = rollout, rewards.total, None, None
+            herl_metrics = {}
+            if cfg.method == "herl":
+                trained, total, revision, revision_old, herl_metrics = self.hindsight(
+                    rows, prompts, rollout, rewards)
+            t_herl = time.perf_counter()
 
-        # 4. Group-relative advantages over each prompt's samples (groups of any size).
-        loss_mask = trained.completion_mask.clone()
-        loss_mask[total.isnan()] = 0
-        if cfg.mask_truncated_completions:
-            loss_mask[trained.truncated] = 0
-        # The batch std spans every process's rewards (dr_grpo never scales).
-        shared_std = cfg.scale_rewards == "batch" and self.dist.world > 1 \
-            and cfg.advantage_estimator != "dr_grpo"
-        advantages = compute_advantages(
-            cfg.advantage_estimator, AdvantageInputs(total, trained.group_ids, loss_mask),
-            "none" if shared_std else cfg.scale_rewards)
-        if shared_std:  # as group_relative's batch scaling, eps included
-            advantages = torch.nan_to_num(advantages / (self.dist.std(total) + 1e-4))
+            # 4. Group-relative advantages over each prompt's samples (groups of any size).
+            loss_mask = trained.completion_mask.clone()
+            loss_mask[total.isnan()] = 0
+            if cfg.mask_truncated_completions:
+                loss_mask[trained.truncated] = 0
+            # The batch std spans every process's rewards (dr_grpo never scales).
+            shared_std = cfg.scale_rewards == "batch" and self.dist.world > 1 \
+                and cfg.advantage_estimator != "dr_grpo"
+            advantages = compute_advantages(
+                cfg.advantage_estimator, AdvantageInputs(total, trained.group_ids, loss_mask),
+                "none" if shared_std else cfg.scale_rewards)
+            if shared_std:  # as group_relative's batch scaling, eps included
+                advantages = torch.nan_to_num(advantages / (self.dist.std(total) + 1e-4))
+
+            batch = Batch(trained, advantages, loss_mask, self.old_logps(trained),
+                          self.ref_logps(trained), revision, revision_old)
 
         # 5. Policy update: clipped surrogate on samples, shaped surrogate on revisions, KL to
         #    the reference, entropy bonus.
-        batch = Batch(trained, advantages, loss_mask, self.old_logps(trained),
-                      self.ref_logps(trained), revision, revision_old)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(step)
         update = {}
@@ -344,7 +354,7 @@ class Trainer:
                 [passed[(rollout.group_ids == g) & ~rewards.total.isnan()].tolist()
                  for g in range(len(rows))]))
         metrics = self.step_metrics(*self.dist.whole_batch(rollout, rewards, passed), update,
-                                    (t1 - t0, t2 - t1, t3 - t2), step)
+                                    (t1 - t0, t2 - t1, t_herl - t2, t3 - t_herl), step)
         herl_metrics = self.dist.reduce(herl_metrics, HERL_COUNTS)
         metrics.update(herl_metrics)
         every = cfg.log_completions_every
@@ -500,10 +510,16 @@ class Trainer:
 
     def _logps(self, model, rollout: Rollout, rows=slice(None), with_entropy: bool | str = True,
                entropy_at_one: bool = False) -> TokenStats:
-        return completion_logprobs(
-            model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
-            rollout.completion_ids[rows], rollout.completion_mask[rows],
-            rollout.temperatures[rows], with_entropy=with_entropy, entropy_at_one=entropy_at_one)
+        with self.precision():
+            return completion_logprobs(
+                model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                rollout.completion_ids[rows], rollout.completion_mask[rows],
+                rollout.temperatures[rows], with_entropy=with_entropy,
+                entropy_at_one=entropy_at_one)
+
+    def precision(self):
+        """bf16 autocast for forward passes when ``bf16`` is on; float32 otherwise."""
+        return torch.autocast(self.model.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
     def update(self, batch: Batch) -> dict:
         """One optimizer step over the batch (in micro-batches if asked), loss = the whole
@@ -584,7 +600,7 @@ class Trainer:
         return out
 
     def step_metrics(self, rollout: Rollout, rewards: Rewards, correct: torch.Tensor,
-                     update: dict, times: tuple[float, float, float], step: int) -> dict:
+                     update: dict, times: tuple[float, ...], step: int) -> dict:
         r = rewards.total
         known = r[~r.isnan()]
         groups = rollout.group_ids
@@ -618,7 +634,8 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
             "time/generate": times[0],
             "time/reward": times[1],
-            "time/update": times[2],
+            "time/herl": times[2],  # revisions (0 for GRPO)
+            "time/update": times[3],
             "time/step": sum(times),
         }
         if self.budget:
@@ -638,6 +655,12 @@ class Trainer:
                         temperature=self.cfg.eval_temperature,
                         threshold=self.cfg.success_threshold, codec=self.codec)
 
+    def evaluate_on_main(self, pass_k: list[int] | tuple = ()) -> dict | None:
+        """Evaluation by the first process (None elsewhere); every process takes part in
+        gathering the weights under FSDP."""
+        with self.dist.gathered(), self.precision():
+            return self.evaluate(pass_k) if self.dist.is_main else None
+
     def _prepare_output(self) -> MetricsLog | None:
         """Resume (every process); the files and the metrics log belong to the first."""
         cfg, out, main = self.cfg, self.out, self.dist.is_main
@@ -648,7 +671,7 @@ class Trainer:
                 shutil.rmtree(p)
             checkpoints = []
         if checkpoints:
-            state = load_checkpoint(checkpoints[-1], self.model, self.optimizer)
+            state = load_checkpoint(checkpoints[-1], self.model, self.optimizer, self.dist)
             self.step_done = state["step"]
             self.tokens_total = state["tokens_total"]
             self.before = state["before"]
@@ -674,9 +697,11 @@ class Trainer:
                  "budget": self.budget.state() if self.budget else None,
                  "keeper": self.keeper.state() if self.keeper else None,
                  "herl_rng": self.herl_rng.getstate()}
+        weights = self.dist.model_state()  # gathered from every process under FSDP
+        optimizer_sd = self.dist.optimizer_state(self.optimizer)
         if self.dist.is_main:
-            save_checkpoint(self.out, step, self.model, self.tokenizer, self.optimizer, state,
-                            self.cfg.save_total_limit)
+            save_checkpoint(self.out, step, self.model, self.tokenizer, optimizer_sd, state,
+                            self.cfg.save_total_limit, model_state=weights)
         self.dist.barrier()  # nobody runs ahead of a checkpoint being written
 
     def train(self) -> dict:
@@ -686,12 +711,12 @@ class Trainer:
         main = self.dist.is_main  # evaluates and writes; the others wait at the next collective
         trackers = Trackers(cfg.report_to if main else [], self.out, config=asdict(cfg) if
                             isinstance(cfg.dataset, str) else None, resume=self.step_done > 0)
-        if self.before is None and main:
-            self.before = self.evaluate(cfg.eval_pass_k)
+        if self.before is None:
+            self.before = self.evaluate_on_main(cfg.eval_pass_k)
         progress = Progress(cfg.max_steps, initial=self.step_done,
                             enabled=cfg.progress and main)
         start = time.perf_counter()
-        after = None
+        after, evaluated_last = None, False
         try:
             for step in range(self.step_done + 1, cfg.max_steps + 1):
                 if self.budget_spent():
@@ -702,9 +727,9 @@ class Trainer:
                     self._checkpoint(self.step_done)  # the last completed step, to resume from
                     raise
                 last = step == cfg.max_steps or self.budget_spent()
-                if main and (last or cfg.eval_every and step % cfg.eval_every == 0):
-                    result = self.evaluate(cfg.eval_pass_k if last else ())
-                    after = result if last else None
+                if last or cfg.eval_every and step % cfg.eval_every == 0:
+                    result = self.evaluate_on_main(cfg.eval_pass_k if last else ())
+                    after, evaluated_last = (result if last else None), last
                     metrics["eval/accuracy"] = (result or {}).get("accuracy")
                     if result and "dense" in result:
                         metrics["eval/dense"] = result["dense"]
@@ -720,8 +745,8 @@ class Trainer:
             if log:
                 log.close()
             trackers.close()
-        if after is None and main:  # resumed at max_steps: the final evaluation was not logged
-            after = self.evaluate(cfg.eval_pass_k)
+        if not evaluated_last:  # resumed at max_steps: the final evaluation was not logged
+            after = self.evaluate_on_main(cfg.eval_pass_k)
         return self._finish(after, time.perf_counter() - start)
 
     def budget_spent(self) -> bool:
@@ -729,6 +754,7 @@ class Trainer:
         return limit is not None and self.tokens_total >= limit
 
     def _finish(self, after: dict | None, seconds: float) -> dict:
+        weights = self.dist.model_state()  # gathered from every process under FSDP
         if not self.dist.is_main:
             return self.dist.broadcast(None)  # the first process's summary, once it is written
         final, tmp = self.out / "final", self.out / ".tmp-final"
@@ -736,7 +762,7 @@ class Trainer:
         if lora.is_lora(self.model):  # adapters alone, then the merged model in final/
             lora.save_adapter(self.model, self.out / "adapter")
             self.model = lora.merge_lora(self.model)
-        self.model.save_pretrained(tmp, safe_serialization=True)
+        self.model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
         self.tokenizer.save_pretrained(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)

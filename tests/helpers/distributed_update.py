@@ -1,8 +1,9 @@
 """One update on a fixed, hand-built batch, split over the processes of a distributed run.
 
-``tests/test_distributed.py`` runs this module under ``accelerate launch`` (2 CPU processes)
+``tests/test_distributed.py`` runs this module under ``accelerate launch`` (2 CPU processes,
+DDP or FSDP)
 and the same update on the whole batch in one process, then compares gradients and weights.
-It also trains 4 steps straight, and 2 + 2 with a resume, for the exact-resume check.
+It also trains 4 HeRL steps straight, and 2 + 2 with a resume, for the exact-resume check.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from explorl.trainer import Batch
 COUNTS = [2, 3, 6, 5]  # samples per prompt, uneven as under E3: 5 rows on rank 0, 11 on rank 1
 CASES = {  # each a different normaliser; dapo with micro-batches needs a zero-weight filler pass
     "dapo": dict(loss_type="dapo", micro_batch_size=4, beta=0.04, entropy_coef=0.01),
-    "grpo": dict(loss_type="grpo", herl_gamma=0.5),
+    "grpo": dict(loss_type="grpo", herl_gamma=0.5, gradient_checkpointing=True),
     "dr_grpo": dict(loss_type="dr_grpo", kl_estimator="k1", beta=0.1),
 }
 SMALL = dict(eval_size=8, task_train_size=64, progress=False, plots=False, learning_rate=1e-3,
@@ -73,10 +74,13 @@ def rows_of(batch: Batch, rows: slice) -> Batch:
 def update(trainer: Trainer, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
     """Gradients and weights after one update, and its metrics."""
     metrics = trainer.update(batch)
+    def full(t):  # a sharded (FSDP) tensor is gathered whole
+        return t.full_tensor() if hasattr(t, "full_tensor") else t
+
     tensors = {}
     for name, p in trainer.model.named_parameters():
-        tensors[f"grad.{name}"] = p.grad.detach().clone()
-        tensors[f"weight.{name}"] = p.detach().clone()
+        tensors[f"grad.{name}"] = full(p.grad).detach().clone()
+        tensors[f"weight.{name}"] = full(p).detach().clone()
     return tensors, metrics
 
 
@@ -94,7 +98,8 @@ def main(out: Path) -> None:
         (out / f"{case}-rank{rank}.json").write_text(json.dumps(metrics))
     resume = dict(prompts_per_step=4, num_generations=4, save_every=2, budget="e3",
                   budget_min=2, budget_max=6, micro_batch_size=3, temperature_control="e3",
-                  entropy_target_steps=1, scale_rewards="batch", **SMALL)
+                  entropy_target_steps=1, scale_rewards="batch", method="herl",
+                  rubric_reward="strict", herl_candidate_limit=2, **SMALL)
     Trainer(TrainConfig(output_dir=str(out / "straight"), max_steps=4, **resume)).train()
     Trainer(TrainConfig(output_dir=str(out / "resumed"), max_steps=2, **resume)).train()
     Trainer(TrainConfig(output_dir=str(out / "resumed"), max_steps=4, **resume)).train()

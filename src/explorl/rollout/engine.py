@@ -128,6 +128,7 @@ class HFEngine:
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, generation_config=config,
             logits_processor=LogitsProcessorList([_RowTemperature(temperature)]),
+            synced_gpus=False,  # never in lockstep: under FSDP the weights are gathered first
         )
         self.model.train(was_training)
         return out[:, ids.shape[1]:]
@@ -145,7 +146,8 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
         ids, mask = left_pad(prompts[s:s + batch_size], tokenizer.pad_token_id)
         config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
                                   eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                             synced_gpus=False)
         for row in out[:, ids.shape[1]:].tolist():
             results.append(row[: row.index(eos)] if eos in row else row)
     model.train(was_training)
