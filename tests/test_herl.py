@@ -164,6 +164,9 @@ def test_failed_group_is_revised_with_hindsight_and_replaced(tmp_path):
     assert GROUPS[slot] == 0 and total[slot] == 1.0
     assert trained.prompt_ids[slot][trained.prompt_mask[slot].bool()].tolist() == \
         call["prompts"][0]  # trained under the hindsight prompt, the reference's default
+    # the completions table names revisions and the hindsight prompt they were written under
+    assert trainer.revisions(trained, revision) == [expected if i == slot else False
+                                                    for i in range(5)]
     drafts = [i for i in (0, 2) if i != slot]
     for d in drafts:  # bonus: 0.5 + 0.05 * (1.0 - 0.5)
         assert total[d] == pytest.approx(0.525)
@@ -285,7 +288,7 @@ def test_herl_run_revises_and_updates(tmp_path):
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), method="herl", max_steps=4,
                       prompts_per_step=8, num_generations=4, eval_size=20, task_train_size=100,
                       learning_rate=1e-3, herl_accept="equal", progress=False, plots=False,
-                      save_every=2)
+                      save_every=2, log_completions_every=1)
     trainer = Trainer(cfg)
     assert cfg.dataset is None and trainer.cfg.dataset == "rubric"
     before = [p.detach().clone() for p in trainer.model.parameters()]
@@ -297,6 +300,15 @@ def test_herl_run_revises_and_updates(tmp_path):
     assert all(r["tokens/total"] > 0 for r in rows)
     assert rows[-1]["tokens/total"] == summary["tokens_generated"]
     assert "loss/off_policy" in rows[-1]
+    table = [json.loads(x) for x in
+             (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
+    for r in rows:  # one line per trained sample; the revisions are the replaced slots
+        lines = [x for x in table if x["step"] == r["step"]]
+        assert len(lines) == 32
+        assert sum(x["revision"] for x in lines) == r["herl/replaced"]
+    revised = [x for x in table if x["revision"]]
+    assert revised and all(x["hindsight"].startswith("revise " + x["prompt"])
+                           and "\nunmet: " in x["hindsight"] for x in revised)
 
 
 def test_a_rubric_reward_from_python_drives_hindsight(tmp_path):

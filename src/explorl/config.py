@@ -214,7 +214,7 @@ class TrainConfig:
     """Trackers besides ``metrics.jsonl``: ``tensorboard``, ``wandb``."""
     log_completions_every: int = 0
     """Write every sample's prompt, completion, reward and advantage to ``completions.jsonl``
-    every N steps (0: never)."""
+    every N steps (0: never); under HeRL also whether it is a revision and its hindsight prompt."""
 
 
 class _Lines:

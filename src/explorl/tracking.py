@@ -129,21 +129,31 @@ TRACKERS = ("tensorboard", "wandb")
 
 
 def log_completions(path: Path, step: int, prompts: Sequence, completions: Sequence,
-                    rewards: Sequence, advantages: Sequence) -> None:
+                    rewards: Sequence, advantages: Sequence,
+                    revisions: Sequence | None = None) -> None:
     """Append one ``{step, prompt, completion, reward, advantage}`` line per sample to ``path``
     (``completions.jsonl``); the lists are aligned sample by sample. Conversational prompts and
-    completions are kept as message lists; NaN rewards (masked samples) become ``null``. On
-    resume, ``truncate_metrics(path, step)`` drops the lines of steps being redone."""
+    completions are kept as message lists; NaN rewards (masked samples) become ``null``. With
+    ``revisions`` (HeRL) each line also says whether its completion is a revision
+    (``revision``: true or false) and, for a revision, the hindsight prompt it was written under
+    (``hindsight``; the item itself when it is a string). On resume,
+    ``truncate_metrics(path, step)`` drops the lines of steps being redone."""
     lengths = {len(prompts), len(completions), len(rewards), len(advantages)}
+    if revisions is not None:
+        lengths.add(len(revisions))
     if len(lengths) != 1:
         raise ValueError(f"log_completions: lists of different lengths {sorted(lengths)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:
-        for prompt, completion, reward, advantage in zip(prompts, completions, rewards,
-                                                         advantages):
+        for i, (prompt, completion, reward, advantage) in enumerate(zip(
+                prompts, completions, rewards, advantages)):
             record = {"step": step, "prompt": prompt, "completion": completion,
                       "reward": reward, "advantage": advantage}
+            if revisions is not None:
+                record["revision"] = bool(revisions[i])
+                if isinstance(revisions[i], str):
+                    record["hindsight"] = revisions[i]
             fh.write(json.dumps(_clean(record), allow_nan=False, ensure_ascii=False) + "\n")
 
 

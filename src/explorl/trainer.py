@@ -361,9 +361,10 @@ class Trainer:
         if every and step % every == 0:
             samples = self.dist.concat([rows[g]["prompt"] for g in trained.group_ids.tolist()],
                                        self.decode(trained), total.tolist(),
-                                       advantages[:, 0].tolist())
+                                       advantages[:, 0].tolist(), self.revisions(trained, revision))
             if self.dist.is_main:
-                log_completions(self.out / "completions.jsonl", step, *samples)
+                log_completions(self.out / "completions.jsonl", step, *samples[:4],
+                                revisions=samples[4] if revision is not None else None)
         self.tokens_total += herl_metrics.get("herl/tokens", 0)
         metrics["tokens/total"] = self.tokens_total
         if self.keeper:
@@ -396,6 +397,18 @@ class Trainer:
         ids = [row[: int(n)] for row, n in zip(rollout.completion_ids.tolist(),
                                                rollout.lengths.tolist())]
         return self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+    def revisions(self, trained: Rollout, revision: torch.Tensor | None) -> list:
+        """Per sample: False, or for a revision the prompt it is trained under (the hindsight
+        prompt in the default context; True in the original context)."""
+        if revision is None:
+            return [False] * len(trained)
+        flags = revision.tolist()
+        if self.cfg.herl_context != "hindsight":
+            return flags
+        return [self.tokenizer.decode(ids[mask.bool()], skip_special_tokens=True) if flag
+                else False for ids, mask, flag in zip(trained.prompt_ids, trained.prompt_mask,
+                                                      flags)]
 
     def hindsight(self, rows: list[dict], prompts: list[list[int]], rollout: Rollout,
                   rewards: Rewards):
