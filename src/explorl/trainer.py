@@ -412,83 +412,17 @@ class Trainer:
 
     def hindsight(self, rows: list[dict], prompts: list[list[int]], rollout: Rollout,
                   rewards: Rewards):
-        """HeRL steps 2-8: revise the best drafts of failed groups under the hindsight prompt,
-        pay drafts their bonus and let accepted revisions overwrite random slots of their group.
-        Returns the rollout to train on, its rewards, the revision rows, the revisions'
-        behaviour log-probs (needed when the ratio is not exactly 1) and metrics."""
-        cfg = self.cfg
-        original = rewards.total
-        total = original.clone()
-        groups = rollout.group_ids
-        num_met = torch.tensor([g.num_met if g else -1
-                                for g in rewards.grades or [None] * len(rollout)])
-        failed = herl.failed_groups(original, groups, cfg.herl_threshold)
-        drafts = [c for g in failed for c in herl.choose_candidates(
-            original, num_met, groups, g, cfg.herl_candidate_limit)]
-        revision = torch.zeros(len(rollout), dtype=torch.bool)
-        metrics = {"herl/failed_groups": len(failed) / (int(groups.max()) + 1),
-                   "herl/drafts": len(drafts), "herl/tokens": 0}
-        if not drafts or rewards.grades is None:
-            return rollout, total, revision, None, metrics
-
-        # Guided regeneration, graded against each draft's ORIGINAL rubric.
-        texts = self.decode(rollout)
-        lists = "blank" if cfg.herl_blank_hindsight else "shown"
-        contexts = [hindsight_prompt(self.codec, self.revise_template, rows[int(groups[d])],
-                                     texts[d], rewards.grades[d].verdicts, lists)
-                    for d in drafts]
-        out = self.engine.generate(contexts, [cfg.herl_revisions] * len(drafts),
-                                   [cfg.herl_temperature] * len(drafts),
-                                   cfg.herl_max_length or cfg.max_completion_length)
-        draft_of = [drafts[int(j)] for j in out.group_ids]
-        scored = self.score(rows, replace(out, group_ids=groups[draft_of]))
-        # Draft bonus, then replacement: accepted revisions overwrite random slots of their
-        # group (trained under the hindsight prompt or the original one).
-        gains = []
-        for j, d in enumerate(drafts):
-            mine = scored.total[out.group_ids == j].tolist()
-            total[d] = herl.draft_bonus(float(original[d]), mine, cfg.herl_bonus_alpha)
-            known = [r for r in mine if r == r]
-            if known:
-                gains.append(max(known) - float(original[d]))
-        writes: dict[int, herl.Sample] = {}
-        picks, beat = [], 0
-        for g in failed:
-            members = torch.nonzero(groups == g).flatten().tolist()
-            best = float(original[members][~original[members].isnan()].max())
-            mine = [k for k, d in enumerate(draft_of) if int(groups[d]) == g]
-            beat += any(float(scored.total[k]) > best for k in mine)
-            chosen = [mine[k] for k in herl.accept(
-                [float(scored.total[k]) for k in mine],
-                [float(original[draft_of[k]]) for k in mine],
-                best, cfg.herl_accept, cfg.herl_replace_top_n)]
-            for slot, k in zip(self.herl_rng.sample(members, min(len(chosen), len(members))),
-                               chosen):
-                context = contexts[int(out.group_ids[k])] if cfg.herl_context == "hindsight" \
-                    else prompts[g]
-                writes[slot] = replace(herl.sample_at(out, k), prompt=context)
-                total[slot] = scored.total[k]
-                revision[slot] = True
-                picks.append((slot, k))
-            if not chosen and cfg.herl_fallback and len(members) > 1:
-                source = next(d for d in drafts if int(groups[d]) == g)
-                slot = self.herl_rng.choice([m for m in members if m != source])
-                writes[slot] = herl.sample_at(rollout, source)  # on-policy: a plain copy
-                total[slot] = original[source]
-        trained = herl.splice(rollout, writes, self.tokenizer.pad_token_id)
-        revision_old = self.behaviour_logps(trained, out, picks)
-        generated = int(out.completion_mask.sum())
-        metrics.update({
-            "herl/revisions": len(out),
-            "herl/revision_success": float(self.passed(scored).float().mean()),
-            "herl/revision_gain": sum(gains) / len(gains) if gains else math.nan,
-            "herl/beat_group": beat / len(failed),
-            "herl/replaced": len(picks),
-            "herl/revision_token_fraction":
-                float(trained.completion_mask[revision].sum() / trained.completion_mask.sum()),
-            "herl/tokens": generated,
-        })
-        return trained, total, revision, revision_old, metrics
+        """HeRL steps 2-8 (:func:`explorl.exploration.hindsight.augment`). Returns the rollout to
+        train on, its rewards, the revision rows, the revisions' behaviour log-probs (needed
+        when the ratio is not exactly 1) and metrics."""
+        lists = "blank" if self.cfg.herl_blank_hindsight else "shown"
+        out = herl.augment(
+            self.cfg, rows, prompts, rollout, rewards, self.engine, self.score,
+            lambda row, draft, verdicts: hindsight_prompt(
+                self.codec, self.revise_template, row, draft, verdicts, lists),
+            self.decode, self.passed, self.herl_rng, self.tokenizer.pad_token_id)
+        return (out.rollout, out.rewards, out.revision,
+                self.behaviour_logps(out.rollout, out.sampled, out.picks), out.metrics)
 
     @torch.no_grad()
     def behaviour_logps(self, trained: Rollout, out: Rollout,

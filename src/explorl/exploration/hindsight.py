@@ -7,12 +7,14 @@ best revision that beats the group overwrites ``replace_top_n`` random slots of 
 the group id, so it is normalised with the on-policy samples. Its tokens get the shaped loss
 ``-A * rho / (rho + gamma)`` (:func:`explorl.algorithms.losses.shaped_surrogate`).
 
-The functions here are pure over tensors and lists; the trainer runs the generation between them.
+The functions here are pure over tensors and lists; :func:`augment` runs them in order around
+the generation and grading the trainer supplies.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -123,3 +125,96 @@ def splice(rollout: Rollout, writes: dict[int, Sample], pad_id: int) -> Rollout:
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
                    torch.tensor([r.temperature for r in rows]), rollout.group_ids.clone(),
                    torch.tensor([r.truncated for r in rows]))
+
+
+@dataclass
+class Revised:
+    """What hindsight hands the update."""
+
+    rollout: Rollout  # the rollout to train on: accepted revisions written into their slots
+    rewards: torch.Tensor  # its rewards, drafts with their bonus
+    revision: torch.Tensor  # [N] bool: the rows that hold a revision
+    sampled: Rollout | None  # the revisions as sampled, under their hindsight prompts
+    picks: list[tuple[int, int]]  # (slot in ``rollout``, row of ``sampled``) per accepted one
+    metrics: dict
+
+
+def augment(cfg, rows: list[dict], prompts: list[list[int]], rollout: Rollout, rewards,
+            engine, score, revise_prompt, decode, passed, rng, pad_id: int) -> Revised:
+    """HeRL steps 2-8 on one step's samples: revise the best drafts of failed groups under
+    the hindsight prompt, pay drafts their bonus and let accepted revisions overwrite random
+    slots of their group.
+
+    ``cfg`` holds the ``herl_*`` knobs; ``rewards`` are the samples' scored rewards with their
+    grades. The trainer supplies the rest: ``engine`` (generates revisions), ``score(rows,
+    rollout)``, ``revise_prompt(row, draft_text, verdicts)`` (token ids of the hindsight
+    prompt), ``decode(rollout)``, ``passed(rewards)``, the slot-choice ``rng`` and the pad id.
+    """
+    original = rewards.total
+    total = original.clone()
+    groups = rollout.group_ids
+    num_met = torch.tensor([g.num_met if g else -1
+                            for g in rewards.grades or [None] * len(rollout)])
+    failed = failed_groups(original, groups, cfg.herl_threshold)
+    drafts = [c for g in failed for c in choose_candidates(
+        original, num_met, groups, g, cfg.herl_candidate_limit)]
+    revision = torch.zeros(len(rollout), dtype=torch.bool)
+    metrics = {"herl/failed_groups": len(failed) / (int(groups.max()) + 1),
+               "herl/drafts": len(drafts), "herl/tokens": 0}
+    if not drafts or rewards.grades is None:
+        return Revised(rollout, total, revision, None, [], metrics)
+
+    # Guided regeneration, graded against each draft's original rubric.
+    texts = decode(rollout)
+    contexts = [revise_prompt(rows[int(groups[d])], texts[d], rewards.grades[d].verdicts)
+                for d in drafts]
+    out = engine.generate(contexts, [cfg.herl_revisions] * len(drafts),
+                          [cfg.herl_temperature] * len(drafts),
+                          cfg.herl_max_length or cfg.max_completion_length)
+    draft_of = [drafts[int(j)] for j in out.group_ids]
+    scored = score(rows, replace(out, group_ids=groups[draft_of]))
+    # Draft bonus, then replacement: accepted revisions overwrite random slots of their
+    # group (trained under the hindsight prompt or the original one).
+    gains = []
+    for j, d in enumerate(drafts):
+        mine = scored.total[out.group_ids == j].tolist()
+        total[d] = draft_bonus(float(original[d]), mine, cfg.herl_bonus_alpha)
+        known = [r for r in mine if r == r]
+        if known:
+            gains.append(max(known) - float(original[d]))
+    writes: dict[int, Sample] = {}
+    picks, beat = [], 0
+    for g in failed:
+        members = torch.nonzero(groups == g).flatten().tolist()
+        best = float(original[members][~original[members].isnan()].max())
+        mine = [k for k, d in enumerate(draft_of) if int(groups[d]) == g]
+        beat += any(float(scored.total[k]) > best for k in mine)
+        chosen = [mine[k] for k in accept(
+            [float(scored.total[k]) for k in mine],
+            [float(original[draft_of[k]]) for k in mine],
+            best, cfg.herl_accept, cfg.herl_replace_top_n)]
+        for slot, k in zip(rng.sample(members, min(len(chosen), len(members))), chosen):
+            context = contexts[int(out.group_ids[k])] if cfg.herl_context == "hindsight" \
+                else prompts[g]
+            writes[slot] = replace(sample_at(out, k), prompt=context)
+            total[slot] = scored.total[k]
+            revision[slot] = True
+            picks.append((slot, k))
+        if not chosen and cfg.herl_fallback and len(members) > 1:
+            source = next(d for d in drafts if int(groups[d]) == g)
+            slot = rng.choice([m for m in members if m != source])
+            writes[slot] = sample_at(rollout, source)  # on-policy: a plain copy
+            total[slot] = original[source]
+    trained = splice(rollout, writes, pad_id)
+    generated = int(out.completion_mask.sum())
+    metrics.update({
+        "herl/revisions": len(out),
+        "herl/revision_success": float(passed(scored).float().mean()),
+        "herl/revision_gain": sum(gains) / len(gains) if gains else math.nan,
+        "herl/beat_group": beat / len(failed),
+        "herl/replaced": len(picks),
+        "herl/revision_token_fraction":
+            float(trained.completion_mask[revision].sum() / trained.completion_mask.sum()),
+        "herl/tokens": generated,
+    })
+    return Revised(trained, total, revision, out, picks, metrics)
