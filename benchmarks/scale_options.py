@@ -2,7 +2,8 @@
 
 A randomly initialised Qwen2-architecture model (8 layers, width 512, 34M parameters, the
 shipped tokenizer) trains 3 GRPO steps in each variant: float32; gradient checkpointing; bf16
-autocast; DDP over 2 processes; FSDP over 2 processes (the shipped CPU accelerate configs).
+autocast; DDP, FSDP and DeepSpeed ZeRO-2 (when installed) over 2 processes (the shipped CPU
+accelerate configs).
 Every variant sees the same global batch (8 prompts x 4 samples x 32 tokens). Each runs in a
 fresh process tree; its peak resident memory is the largest process's peak (``ru_maxrss``)
 over the 3 steps, its step time the first process's mean over steps 2-3. glibc's mmap threshold
@@ -16,6 +17,7 @@ variants use 2 cores, the others 1.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -40,6 +42,8 @@ VARIANTS = {
     "ddp_2proc": ["@ddp_cpu"],
     "fsdp_2proc": ["@fsdp_cpu"],
 }
+if importlib.util.find_spec("deepspeed"):
+    VARIANTS["zero2_2proc"] = ["@deepspeed_zero2_cpu"]
 
 
 def build_model(folder: Path) -> int:

@@ -1,8 +1,9 @@
-"""Training over 2 CPU processes (gloo), DDP and FSDP, launched with the shipped accelerate
-configs: the run completes and only the first process writes; the gradient of a batch split over
-the processes is the single-process gradient of the whole batch; both processes hold the same
-weights; a resumed distributed run continues exactly."""
+"""Training over 2 CPU processes (gloo), DDP, FSDP and DeepSpeed ZeRO-2, launched with the
+shipped accelerate configs: the run completes and only the first process writes; the gradient of
+a batch split over the processes is the single-process gradient of the whole batch; both
+processes hold the same weights; a resumed distributed run continues exactly."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +18,9 @@ from tests.helpers import distributed_update as du
 
 pytest.importorskip("accelerate")
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ["ddp_cpu", "fsdp_cpu"]
+HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
+ENGINES = ["ddp_cpu", "fsdp_cpu", pytest.param("deepspeed_zero2_cpu", marks=pytest.mark.skipif(
+    not HAS_DEEPSPEED, reason="needs deepspeed"))]
 
 
 def launch(args: list[str], cwd: Path, engine: str = "ddp_cpu") -> None:
@@ -129,7 +132,8 @@ def test_lora_under_fsdp_is_refused(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("env,cuda,match", [
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, False, "DeepSpeed not supported yet"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, False,
+     "DeepSpeed ZeRO stage 3: not supported, only stages 1 and 2"),
     ({}, True, "runs on CPU processes only"),
 ])
 def test_gpu_and_sharded_runs_are_refused_clearly(monkeypatch, env, cuda, match):

@@ -114,8 +114,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path, model, optimizer, parallel=None) -> dict:
-    """Load weights, optimizer and RNG state into place; return the trainer state. Under FSDP
-    (``parallel.fsdp``) the full weights and optimizer state are sharded into this process.
+    """Load weights, optimizer and RNG state into place; return the trainer state. Under FSDP or
+    DeepSpeed (``parallel.sharded``) the full weights and optimizer state are sharded into this
+    process.
 
     A checkpoint that cannot be read (edited, truncated by a full disk, from another model)
     raises :class:`UserError` naming it, before anything is written."""
@@ -131,7 +132,7 @@ def _load_checkpoint(path: Path, model, optimizer, parallel) -> dict:
     from safetensors.torch import load_model
 
     state = json.loads((path / "state.json").read_text())
-    sharded = parallel is not None and parallel.fsdp
+    sharded = parallel is not None and parallel.sharded
     if sharded:
         weights = load_file(str(path / "model.safetensors"))
     elif (path / "adapter_model.safetensors").exists():  # a LoRA run saves only its adapters

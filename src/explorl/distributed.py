@@ -7,6 +7,9 @@ batch. Controllers (E3 statistics and temperature) see every process's observati
 identical everywhere. A run in one process creates no ``Accelerator`` and no collective: it is
 exactly what it was without this module.
 
+Under a DeepSpeed config (ZeRO stage 1 or 2) the optimizer state (and at stage 2 the gradients)
+are partitioned by a DeepSpeed engine; every process keeps the full weights.
+
 Under an FSDP config the model is sharded with FSDP2 (``fully_shard``: one unit per decoder
 layer, then the root): parameters, gradients and optimizer state live in ``1/N`` shards. Rollouts,
 evaluation and saving run under :meth:`Parallel.gathered`, which all-gathers the weights once, so
@@ -40,14 +43,13 @@ class Parallel:
         self.accelerator = None
         self.model = None  # the prepared (wrapped) model, set by ``prepare``
         self.rank, self.world = 0, 1
-        self.fsdp = False
+        self.fsdp = self.deepspeed = False
         if world_size() == 1:
             return
-        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-            raise UserError("distributed training: DeepSpeed not supported yet; use DDP or FSDP "
-                            "(configs/accelerate/ddp_cpu.yaml, fsdp_cpu.yaml; see "
-                            "docs/distributed.md)")
         self.fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+        self.deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+        if self.deepspeed:
+            self.zero_stage = _zero_stage()
         # Rollouts, log-probs and evaluation build their tensors on the CPU: a GPU would get
         # the model but not its inputs.
         if torch.cuda.is_available():
@@ -64,12 +66,29 @@ class Parallel:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def prepare(self, model: torch.nn.Module, make_optimizer):
-        """The model to train through (DDP-wrapped, or sharded in place under FSDP) and its
-        optimizer, built by ``make_optimizer(model)``."""
+    @property
+    def sharded(self) -> bool:
+        """Whether checkpoints must be gathered and scattered through :meth:`optimizer_state`
+        and :meth:`load_state`."""
+        return self.fsdp or self.deepspeed
+
+    def prepare(self, model: torch.nn.Module, make_optimizer, max_grad_norm: float):
+        """The model to train through (DDP-wrapped, sharded in place under FSDP, or a DeepSpeed
+        engine) and its optimizer, built by ``make_optimizer(model)``. A DeepSpeed engine clips
+        gradients itself, hence ``max_grad_norm``."""
         if self.accelerator is None:
             self.model = model
             return model, make_optimizer(model)
+        if self.deepspeed:
+            import deepspeed
+
+            config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                      "gradient_clipping": max_grad_norm,
+                      "zero_optimization": {"stage": self.zero_stage}}
+            self.model, optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=make_optimizer(model), config=config,
+                dist_init_required=False)
+            return self.model, optimizer
         if self.fsdp:  # the optimizer must see the sharded parameters
             from torch.distributed.fsdp import fully_shard
 
@@ -118,8 +137,11 @@ class Parallel:
         return {k: v for k, v in full.items() if k in own}
 
     def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
-        """``optimizer.state_dict()``; under FSDP the full state, keyed by parameter index as
-        one process would key it, so checkpoints do not depend on how the run was sharded."""
+        """``optimizer.state_dict()``; under FSDP or DeepSpeed the full state (collective), keyed
+        by parameter index as one process would key it, so checkpoints do not depend on how the
+        run was sharded."""
+        if self.deepspeed:
+            return _zero_optimizer_state(self.model.module, optimizer)
         if not self.fsdp:
             return optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import (
@@ -136,7 +158,11 @@ class Parallel:
 
     def load_state(self, optimizer: torch.optim.Optimizer, weights: dict,
                    optimizer_state: dict) -> None:
-        """Shard a checkpoint's full weights and optimizer state into this process (FSDP)."""
+        """Shard a checkpoint's full weights and optimizer state into this process (FSDP,
+        DeepSpeed)."""
+        if self.deepspeed:
+            _load_zero_state(self.model.module, optimizer, weights, optimizer_state)
+            return
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
@@ -179,11 +205,32 @@ class Parallel:
         if self.fsdp:  # gradients are reduce-scattered (averaged) in every backward
             (loss * self.world).backward()
             return
+        if self.deepspeed:  # the engine averages gradients over processes too
+            self.model.set_gradient_accumulation_boundary(last)
+            self.model.backward(loss * self.world)
+            return
         acc = self.accelerator
         with contextlib.nullcontext() if last else acc.no_sync(self.model):
             # Each share is normalised by global counts, so the shares sum to the batch loss;
             # DDP averages gradients over processes, hence the factor.
             acc.backward(loss * self.world)
+
+    def step(self, optimizer: torch.optim.Optimizer, max_norm: float,
+             loss_is_finite: bool) -> tuple[float, bool]:
+        """Clip the gradients to ``max_norm`` and step, unless the loss or the gradient norm is
+        not finite: then the gradients are dropped and weights and optimizer state stay as they
+        were. Returns the norm before clipping and whether the step was skipped."""
+        if self.deepspeed:  # the engine clips, and skips a step whose gradients overflow
+            self.model.step()
+            return (float(self.model.get_global_grad_norm()),
+                    not self.model.was_step_applied())
+        grad_norm = float(self.clip_grad_norm(max_norm))
+        skipped = not (loss_is_finite and math.isfinite(grad_norm))
+        if skipped:
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            optimizer.step()
+        return grad_norm, skipped
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         if self.accelerator is None:
@@ -282,3 +329,57 @@ class Parallel:
                 known = [v for v in values if not math.isnan(v)]
                 out[key] = sum(known) / len(known) if known else math.nan
         return out
+
+
+# --- DeepSpeed ZeRO ----------------------------------------------------------------------------
+def _zero_stage() -> int:
+    stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
+    if stage not in (1, 2):
+        raise UserError(f"DeepSpeed ZeRO stage {stage}: not supported, only stages 1 and 2; "
+                        "for sharded parameters use FSDP (configs/accelerate/fsdp_cpu.yaml)")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed looks for a GPU
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise UserError("DeepSpeed: the deepspeed package is not installed "
+                        "(pip install deepspeed)") from None
+    return stage
+
+
+def _zero_optimizer_state(module: torch.nn.Module, optimizer) -> dict:
+    """A ZeRO optimizer's partitioned Adam state, whole and keyed like
+    ``torch.optim.AdamW.state_dict()`` over ``module.parameters()`` (collective)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    base = optimizer.optimizer  # the AdamW over this process's flat partitions
+    step = next(iter(base.state.values()))["step"]
+    state = {i: {"step": step.clone(), **{key: safe_get_full_optimizer_state(p, key).clone()
+                                          for key in ("exp_avg", "exp_avg_sq")}}
+             for i, p in enumerate(module.parameters())}
+    n = len(state)
+    return {"state": state, "param_groups": [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": list(range(n))}
+        for g in base.param_groups]}
+
+
+def _load_zero_state(module: torch.nn.Module, optimizer, weights: dict,
+                     optimizer_state: dict) -> None:
+    """Load whole weights and Adam state into a ZeRO engine's module, fp32 master partitions
+    and optimizer partitions."""
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    module.load_state_dict(weights, strict=False)  # tied weights are saved once
+    # Adam creates its state at the first step; a run resumed before any step has none to fill.
+    base = optimizer.optimizer
+    for flat in optimizer.single_partition_of_fp32_groups:
+        base.state.setdefault(flat, {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(flat),
+                                     "exp_avg_sq": torch.zeros_like(flat)})
+    optimizer._lazy_init_hp_params_optimizer_state()  # links each parameter to its fragment
+    for i, p in enumerate(module.parameters()):
+        safe_set_full_fp32_param(p, p.detach().clone())
+        for key in ("exp_avg", "exp_avg_sq"):
+            safe_set_full_optimizer_state(p, optimizer_state["state"][i][key], key)
+    step = optimizer_state["state"][0]["step"]
+    for state in base.state.values():
+        state["step"] = step.clone()

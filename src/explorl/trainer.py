@@ -184,7 +184,7 @@ class Trainer:
         self.train_model, self.optimizer = self.dist.prepare(self.model, lambda model: adamw(
             lora.trainable_parameters(model) if cfg.lora_r else model.parameters(),
             lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-            betas=(cfg.adam_beta1, cfg.adam_beta2)))
+            betas=(cfg.adam_beta1, cfg.adam_beta2)), cfg.max_grad_norm)
         self.sampler = PromptSampler(len(self.train_rows), cfg.prompts_per_step, cfg.seed)
         self.budget = RolloutBudget(
             cfg.num_generations, cfg.budget_min, cfg.budget_max, cfg.budget_rule,
@@ -526,13 +526,12 @@ class Trainer:
                 sums["entropy_t1"] += float((entropy_t1 * full).sum())
             sums["clip_fraction"] += float((bound.float() * mask).sum())
         sums = dict(zip(sums, self.dist.sum(*sums.values())))  # the whole batch's
-        grad_norm = self.dist.clip_grad_norm(cfg.max_grad_norm)
-        skipped = not (math.isfinite(sums["loss"]) and math.isfinite(float(grad_norm)))
-        if skipped:  # one bad batch must not poison the weights or Adam's moments
+        # One bad batch must not poison the weights or Adam's moments: a step whose loss or
+        # gradient is not finite is skipped.
+        grad_norm, skipped = self.dist.step(self.optimizer, cfg.max_grad_norm,
+                                            math.isfinite(sums["loss"]))
+        if skipped:
             log.warning("non-finite loss or gradient: update skipped")
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.step()
         tokens = max(norm.num_tokens, 1)
         generated = max(int(self.dist.sum(int(batch.rollout.completion_mask.sum()))[0]), 1)
         out = {"loss": sums["loss"], "kl": sums["kl"] / tokens,

@@ -1,7 +1,7 @@
 """One update on a fixed, hand-built batch, split over the processes of a distributed run.
 
 ``tests/test_distributed.py`` runs this module under ``accelerate launch`` (2 CPU processes,
-DDP or FSDP)
+DDP, FSDP or DeepSpeed ZeRO-2)
 and the same update on the whole batch in one process, then compares gradients and weights.
 It also trains 4 HeRL steps straight, and 2 + 2 with a resume, for the exact-resume check.
 """
@@ -73,13 +73,25 @@ def rows_of(batch: Batch, rows: slice) -> Batch:
 
 def update(trainer: Trainer, batch: Batch) -> tuple[dict[str, torch.Tensor], dict]:
     """Gradients and weights after one update, and its metrics."""
-    metrics = trainer.update(batch)
     def full(t):  # a sharded (FSDP) tensor is gathered whole
         return t.full_tensor() if hasattr(t, "full_tensor") else t
 
+    grads = {}
+    if trainer.dist.deepspeed:  # ZeRO partitions the gradients and clears them in its step
+        from deepspeed.utils import safe_get_full_grad
+
+        step = trainer.dist.step
+
+        def capture(*args):
+            for name, p in trainer.model.named_parameters():
+                grads[name] = safe_get_full_grad(p).detach().clone()
+            return step(*args)
+
+        trainer.dist.step = capture
+    metrics = trainer.update(batch)
     tensors = {}
     for name, p in trainer.model.named_parameters():
-        tensors[f"grad.{name}"] = full(p.grad).detach().clone()
+        tensors[f"grad.{name}"] = grads[name] if grads else full(p.grad).detach().clone()
         tensors[f"weight.{name}"] = full(p).detach().clone()
     return tensors, metrics
 
