@@ -119,16 +119,17 @@ def test_prompts_must_split_evenly(tmp_path, monkeypatch):
         validate(TrainConfig(prompts_per_step=16, output_dir=str(tmp_path)))
 
 
-def test_lora_under_fsdp_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("engine", ["FSDP", "DeepSpeed"])
+def test_lora_under_sharded_engines_is_refused(tmp_path, monkeypatch, engine):
     from explorl import TrainConfig
     from explorl.config import validate
     from explorl.errors import UserError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(UserError, match="lora_r: LoRA under FSDP is not supported"):
+    monkeypatch.setenv(f"ACCELERATE_USE_{engine.upper()}", "true")
+    with pytest.raises(UserError, match=f"lora_r: LoRA under {engine} is not supported"):
         validate(TrainConfig(lora_r=4, output_dir=str(tmp_path)))
-    validate(TrainConfig(output_dir=str(tmp_path)))  # FSDP alone is fine
+    validate(TrainConfig(output_dir=str(tmp_path)))  # the engine alone is fine
 
 
 @pytest.mark.parametrize("env,cuda,match", [

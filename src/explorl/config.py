@@ -452,9 +452,10 @@ def validate(cfg: TrainConfig, lines: _Lines | None = None) -> None:
     need(cfg.prompts_per_step % world == 0, "prompts_per_step",
          f"must be divisible by the number of processes ({world}), got "
          f"{cfg.prompts_per_step}: each process takes an equal share of the prompts")
-    fsdp = world > 1 and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
-    need(not (fsdp and cfg.lora_r), "lora_r", "LoRA under FSDP is not supported; use DDP "
-         "(configs/accelerate/ddp_cpu.yaml)")
+    sharded = [name for name in ("FSDP", "DeepSpeed") if world > 1 and os.environ.get(
+        f"ACCELERATE_USE_{name.upper()}", "").lower() == "true"]
+    need(not (sharded and cfg.lora_r), "lora_r", f"LoRA under {' and '.join(sharded)} is not "
+         "supported; use DDP (configs/accelerate/ddp_cpu.yaml)")
     need(0 <= cfg.reward_failure_limit <= 1, "reward_failure_limit", "must be in [0, 1]")
     need(cfg.nonfinite_limit >= 1, "nonfinite_limit", "must be >= 1")
     need(cfg.max_generated_tokens is None or cfg.max_generated_tokens >= 1,
