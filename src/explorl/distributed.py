@@ -122,7 +122,7 @@ class Parallel:
                 unit.reshard()
             self.model.set_reshard_after_forward(True)
 
-    # --- checkpoints under FSDP: full (unsharded) state on the first process ------------------
+    # --- checkpoints under FSDP and DeepSpeed: the whole state, in the single-process layout --
     def model_state(self) -> dict | None:
         """The full weights (FSDP, collective), or None: the model saves its own."""
         if not self.fsdp:
