@@ -81,12 +81,14 @@ def test_split_batch_gives_the_whole_batch_gradient(split_run, tmp_path, case):
     batch = du.fixed_batch(trainer)
     whole, single = du.update(trainer, batch)
     ranks = [load_file(str(split_run / f"{case}-rank{r}.safetensors")) for r in (0, 1)]
+    assert any(name.startswith("exp_avg.") for name in whole)
     for name, t in whole.items():
         # Adam's first step is lr * g / (|g| + eps): a gradient of 1e-9 that differs in its last
         # float32 digits (another summation order) moves a weight by ~1e-6 more or less.
-        atol = 1e-6 if name.startswith("grad.") else 1e-5
+        atol = 1e-5 if name.startswith("weight.") else 1e-6
         torch.testing.assert_close(ranks[0][name], t, rtol=1e-5, atol=atol, msg=name)
-        assert torch.equal(ranks[0][name], ranks[1][name]), name  # the processes agree exactly
+        if name in ranks[1]:  # Adam's gathered state exists on the first process only
+            assert torch.equal(ranks[0][name], ranks[1][name]), name  # they agree exactly
     for r in (0, 1):
         split = json.loads((split_run / f"{case}-rank{r}.json").read_text())
         for key in ("loss", "kl", "entropy", "clip_fraction", "grad_norm",

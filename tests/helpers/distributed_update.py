@@ -93,6 +93,12 @@ def update(trainer: Trainer, batch: Batch) -> tuple[dict[str, torch.Tensor], dic
     for name, p in trainer.model.named_parameters():
         tensors[f"grad.{name}"] = grads[name] if grads else full(p.grad).detach().clone()
         tensors[f"weight.{name}"] = full(p).detach().clone()
+    # Adam's state as a checkpoint stores it: whole, keyed by parameter index (gathered to the
+    # first process under FSDP and DeepSpeed)
+    state = trainer.dist.optimizer_state(trainer.optimizer)["state"]
+    for i, (name, _) in enumerate(trainer.model.named_parameters() if state else []):
+        for key in ("exp_avg", "exp_avg_sq"):
+            tensors[f"{key}.{name}"] = state[i][key].clone()
     return tensors, metrics
 
 
