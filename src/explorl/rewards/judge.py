@@ -138,7 +138,21 @@ def _outcome(parsed: list[bool] | None, n: int, on_failure: str) -> list[bool] |
     return [False] * n
 
 
-class HTTPJudge:
+class _CountingJudge:
+    """What both judges share: the failure policy, their counters and the latest error."""
+
+    def __init__(self, on_failure: str):
+        _check_policy(on_failure)
+        self.on_failure = on_failure
+        self._stats = _Stats()
+        self.last_error = ""
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self._stats.counts)
+
+
+class HTTPJudge(_CountingJudge):
     """A judge behind an OpenAI-compatible ``{base_url}/chat/completions`` endpoint.
 
     The API key is read from the environment variable ``api_key_env`` (default
@@ -160,7 +174,7 @@ class HTTPJudge:
         url = urlparse(base_url or "")
         if url.scheme not in ("http", "https") or not url.hostname:
             raise UserError(f"judge_url: {base_url!r} is not an http:// or https:// URL")
-        _check_policy(on_failure)
+        super().__init__(on_failure)
         if timeout <= 0 or retries < 0 or max_concurrency < 1 or backoff < 0:
             raise UserError("judge: timeout must be > 0, retries >= 0, max_concurrency >= 1 "
                             "and backoff >= 0")
@@ -175,14 +189,7 @@ class HTTPJudge:
         self.retries = retries
         self.max_concurrency = max_concurrency
         self.temperature = temperature
-        self.on_failure = on_failure
         self.backoff = backoff
-        self._stats = _Stats()
-        self.last_error = ""
-
-    @property
-    def stats(self) -> dict[str, int]:
-        return dict(self._stats.counts)
 
     def __repr__(self) -> str:
         return (f"HTTPJudge(endpoint={self.endpoint!r}, model={self.model!r}, "
@@ -241,7 +248,7 @@ class HTTPJudge:
         return None
 
 
-class HFJudge:
+class HFJudge(_CountingJudge):
     """A judge run locally with an already-loaded Hugging Face causal LM and its tokenizer.
 
     Renders ``judge_prompt`` with the tokenizer's chat template when it has one (else a plain
@@ -252,20 +259,13 @@ class HFJudge:
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 64, on_failure: str = "mask",
                  batch_size: int = 8):
-        _check_policy(on_failure)
+        super().__init__(on_failure)
         if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
             raise UserError("judge: the judge tokenizer has neither a pad nor an EOS token")
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
-        self.on_failure = on_failure
         self.batch_size = max(1, batch_size)
-        self._stats = _Stats()
-        self.last_error = ""
-
-    @property
-    def stats(self) -> dict[str, int]:
-        return dict(self._stats.counts)
 
     def __repr__(self) -> str:
         name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or "model"
