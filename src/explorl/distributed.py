@@ -343,7 +343,7 @@ def _zero_stage() -> int:
         import deepspeed  # noqa: F401
     except ImportError:
         raise UserError("DeepSpeed: the deepspeed package is not installed "
-                        "(pip install deepspeed)") from None
+                        "(pip install --no-build-isolation deepspeed)") from None
     return stage
 
 
@@ -353,13 +353,15 @@ def _zero_optimizer_state(module: torch.nn.Module, optimizer) -> dict:
     from deepspeed.utils import safe_get_full_optimizer_state
 
     base = optimizer.optimizer  # the AdamW over this process's flat partitions
-    step = next(iter(base.state.values()))["step"]
-    state = {i: {"step": step.clone(), **{key: safe_get_full_optimizer_state(p, key).clone()
-                                          for key in ("exp_avg", "exp_avg_sq")}}
-             for i, p in enumerate(module.parameters())}
-    n = len(state)
+    params = list(module.parameters())
+    state = {}
+    if base.state:  # Adam has state only after its first step, as in one process
+        step = next(iter(base.state.values()))["step"]
+        state = {i: {"step": step.clone(), **{key: safe_get_full_optimizer_state(p, key).clone()
+                                              for key in ("exp_avg", "exp_avg_sq")}}
+                 for i, p in enumerate(params)}
     return {"state": state, "param_groups": [
-        {**{k: v for k, v in g.items() if k != "params"}, "params": list(range(n))}
+        {**{k: v for k, v in g.items() if k != "params"}, "params": list(range(len(params)))}
         for g in base.param_groups]}
 
 
@@ -370,6 +372,10 @@ def _load_zero_state(module: torch.nn.Module, optimizer, weights: dict,
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
     module.load_state_dict(weights, strict=False)  # tied weights are saved once
+    for p in module.parameters():
+        safe_set_full_fp32_param(p, p.detach().clone())
+    if not optimizer_state["state"]:  # written before the first step: no Adam state yet
+        return
     # Adam creates its state at the first step; a run resumed before any step has none to fill.
     base = optimizer.optimizer
     for flat in optimizer.single_partition_of_fp32_groups:
@@ -377,7 +383,6 @@ def _load_zero_state(module: torch.nn.Module, optimizer, weights: dict,
                                      "exp_avg_sq": torch.zeros_like(flat)})
     optimizer._lazy_init_hp_params_optimizer_state()  # links each parameter to its fragment
     for i, p in enumerate(module.parameters()):
-        safe_set_full_fp32_param(p, p.detach().clone())
         for key in ("exp_avg", "exp_avg_sq"):
             safe_set_full_optimizer_state(p, optimizer_state["state"][i][key], key)
     step = optimizer_state["state"][0]["step"]
