@@ -142,7 +142,9 @@ class Parallel:
         run was sharded."""
         if self.deepspeed:
             return _zero_optimizer_state(self.model.module, optimizer)
-        if not self.fsdp:
+        if not self.fsdp or not optimizer.state:
+            # Before the first step there is nothing to gather (and gathering would create
+            # Adam's state by a zero step, advancing its step count).
             return optimizer.state_dict()
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -171,6 +173,8 @@ class Parallel:
 
         options = StateDictOptions(full_state_dict=True, strict=False)
         set_model_state_dict(self.model, weights, options=options)
+        if not optimizer_state["state"]:  # written before the first step
+            return
         names = self._names()
         named = {"state": {names[i]: v for i, v in optimizer_state["state"].items()},
                  "param_groups": [{**g, "params": [names[i] for i in g["params"]]}
