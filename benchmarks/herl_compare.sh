@@ -8,7 +8,7 @@ EXPLORL=.venv/bin/explorl
 COMMON=(--seeds 3 --set rubric_reward=strict --set max_generated_tokens=180000
         --set max_steps=100000 --set learning_rate=2e-4 --set eval_every=30 --set eval_size=500
         --set save_every=0 --set max_completion_length=12 --set plots=false --set progress=false
-        --set herl_candidate_limit=2)
+        --set herl.candidate_limit=2)
 OMP_NUM_THREADS=1 $EXPLORL compare grpo:method=grpo herl herl_original herl_blank \
     --output runs/herl/rubric --set dataset=rubric "${COMMON[@]}" &
 ( OMP_NUM_THREADS=1 $EXPLORL compare herl_hindsight \

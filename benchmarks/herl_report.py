@@ -22,6 +22,7 @@ from explorl.improve import hindsight_probe, improve
 from explorl.models.policy import load_model, load_tokenizer
 from explorl.report import aggregate
 from explorl.rewards.rubric import RubricReward
+from explorl.rollout.engine import HFEngine
 
 CURVES = ("eval/accuracy", "eval/dense", "accuracy", "herl/revision_success", "herl/replaced")
 ROUNDS, SIZE = 3, 300
@@ -29,14 +30,16 @@ ROUNDS, SIZE = 3, 300
 
 def rounds(model_path: str, task: str, lists: str = "shown") -> list[float]:
     rows = rubric_task.splits(0, SIZE, rubric_task.VARIANTS[task])[1]
-    out = improve(load_model(model_path), load_tokenizer(model_path), rows,
+    tokenizer = load_tokenizer(model_path)
+    out = improve(HFEngine(load_model(model_path), tokenizer), tokenizer, rows,
                   rubric_task.REVISE_TEMPLATE, ROUNDS, lists=lists)
     return out["success_by_round"]
 
 
 def probe(model_path: str, task: str) -> dict:
     rows = rubric_task.splits(0, SIZE, rubric_task.VARIANTS[task])[1]
-    return hindsight_probe(load_model(model_path), load_tokenizer(model_path), rows,
+    tokenizer = load_tokenizer(model_path)
+    return hindsight_probe(HFEngine(load_model(model_path), tokenizer), tokenizer, rows,
                            RubricReward("strict"), rubric_task.REVISE_TEMPLATE,
                            max_new_tokens=12)
 

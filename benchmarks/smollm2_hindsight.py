@@ -26,6 +26,7 @@ from explorl.exploration.hindsight import DEFAULT_TEMPLATE
 from explorl.improve import hindsight_probe
 from explorl.models.policy import load_model, load_tokenizer
 from explorl.rewards.rubric import RubricReward
+from explorl.rollout.engine import HFEngine
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
@@ -66,7 +67,7 @@ def main(prompts: int, tasks: list[str]) -> None:
                    "temperature": 1.0})
     for task in tasks:
         start = time.perf_counter()
-        result = hindsight_probe(model, tokenizer, rows_for(task, prompts),
+        result = hindsight_probe(HFEngine(model, tokenizer), tokenizer, rows_for(task, prompts),
                                  RubricReward("strict"), DEFAULT_TEMPLATE, max_new_tokens=32,
                                  samples=4)
         report["variants"][task] = {**result, "seconds": round(time.perf_counter() - start, 1)}

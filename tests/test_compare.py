@@ -16,6 +16,13 @@ def test_parse_spec():
                                         "scale_rewards=none"]
     assert parse_spec("hot:temperature=1.5,beta=0.1") == ("hot", ["temperature=1.5", "beta=0.1"])
     assert parse_spec("grpo+dapo")[1][-1] == "epsilon_high=0.28"
+    # methods of joined presets are joined, not overwritten
+    assert parse_spec("herl_original+e3_temperature")[1] == [
+        "herl.context=original", "e3.budget=false", "method=herl+e3"]
+    from explorl.config import load_config
+
+    for name in ("gspo", "cispo", "e3_budget_mixed", "herl_blank", "herl+e3"):
+        load_config(None, parse_spec(name)[1])  # every preset is a valid configuration
     with pytest.raises(UserError, match="unknown preset 'ppo'"):
         parse_spec("ppo")
 

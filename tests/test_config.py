@@ -49,3 +49,61 @@ def test_bad_config_names_where(tmp_path, text, overrides, fragment):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_sections_from_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: herl+e3\nherl:\n  gamma: 2\n  accept: equal\ne3:\n  budget_min: 2\n")
+    cfg = load_config(path, ["herl.gamma=0.5", "e3.adaptive_temperature=false"])
+    assert cfg.herl.gamma == 0.5 and cfg.herl.accept == "equal"  # the override wins
+    assert cfg.e3.budget_min == 2 and cfg.e3.adaptive_temperature is False
+    assert cfg.algorithm == "grpo" and cfg.uses("herl") and cfg.uses("e3")
+    assert not load_config(None, []).uses("herl")
+
+
+def test_a_saved_config_loads_back(tmp_path):
+    from explorl.config import save_config
+
+    cfg = load_config(None, ["method=herl", "herl.gamma=2", "judge.timeout=5",
+                             "reward_funcs=rubric", "eval_pass_k=1,4"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("method,fragment", [
+    ("herl+herl", "method: 'herl+herl'"),
+    ("ppo2", "method: 'ppo2'"),
+    ("", "method: ''"),
+])
+def test_method_names_one_algorithm_and_known_methods(method, fragment):
+    with pytest.raises(UserError) as e:
+        load_config(None, [f"method={method}"])
+    assert fragment + ": expected one algorithm (grpo)" in str(e.value)
+
+
+def test_every_key_is_checked_in_python_too(tmp_path):
+    from explorl.config import HeRLConfig, validate
+
+    with pytest.raises(UserError, match="herl.candidate_limit: must be >= 1"):
+        validate(TrainConfig(output_dir=str(tmp_path), herl=HeRLConfig(candidate_limit=0)))
+    with pytest.raises(UserError, match="herl: expected a HeRLConfig"):
+        validate(TrainConfig(output_dir=str(tmp_path), herl={"gamma": 2}))
+
+
+def test_train_help_lists_every_key_by_section(capsys):
+    import dataclasses
+
+    from explorl.cli import main
+    from explorl.config import E3Config, HeRLConfig, JudgeConfig
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "  herl.gamma: float = 1.0\n      Shaping of revision tokens' ratio" in text
+    assert "  loss_type: grpo|dapo|dr_grpo|cispo = 'dapo'" in text
+    for prefix, cls in (("", TrainConfig), ("herl.", HeRLConfig), ("e3.", E3Config),
+                        ("judge.", JudgeConfig)):
+        for f in dataclasses.fields(cls):
+            if f.name not in ("herl", "e3", "judge"):
+                assert f"  {prefix}{f.name}: " in text, f.name
+    assert "\nherl: HeRL, hindsight revisions of failed groups" in text

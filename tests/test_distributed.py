@@ -42,21 +42,22 @@ def metrics(run: Path) -> list[dict]:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_cli_train_on_two_processes(tmp_path, engine):
     run = tmp_path / "run"
+    # 3 prompts over 2 processes: shares of 2 and 1 prompts, gathered into one batch
     launch(["-m", "explorl.cli", "train", f"output_dir={run}", "max_steps=3",
-            "prompts_per_step=4", "num_generations=4", "eval_size=16", "task_train_size=100",
-            "save_every=2", "plots=false", "progress=false", "budget=e3", "budget_min=2",
-            "budget_max=6", "micro_batch_size=3", "temperature_control=e3",
-            "entropy_target_steps=1", "log_completions_every=1"], tmp_path, engine)
+            "prompts_per_step=3", "num_generations=4", "eval_size=16", "task_train_size=100",
+            "save_every=2", "plots=false", "progress=false", "method=e3", "e3.budget_min=2",
+            "e3.budget_max=6", "micro_batch_size=3", "e3.entropy_target_steps=1",
+            "log_completions_every=1"], tmp_path, engine)
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoint-2", "checkpoint-3", "completions.jsonl", "config.yaml", "final",
         "metrics.jsonl", "summary.json"]
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3]  # one line per step: the first process only
     for r in rows:  # whole-batch metrics: every prompt's samples, the budget's total
-        assert len(r["samples_per_prompt"]) == 4 and sum(r["samples_per_prompt"]) == 16
+        assert len(r["samples_per_prompt"]) == 3 and sum(r["samples_per_prompt"]) == 12
     assert "eval/accuracy" in rows[-1]
     samples = [json.loads(x) for x in (run / "completions.jsonl").read_text().splitlines()]
-    assert len(samples) == 3 * 16  # both processes' samples
+    assert len(samples) == 3 * 12  # both processes' samples
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["after"] is not None
     # the saved model is whole (FSDP gathers its shards) and the checkpoint matches it
@@ -94,23 +95,43 @@ def split_run(tmp_path_factory, request):
 @pytest.mark.parametrize("case", list(du.CASES))
 def test_split_batch_gives_the_whole_batch_gradient(split_run, tmp_path, case):
     trainer = du.trainer_for(case, str(tmp_path / "run"))
-    batch = du.fixed_batch(trainer)
-    whole, single = du.update(trainer, batch)
+    whole, single = du.update(trainer, *du.fixed_batch(trainer))
     ranks = [load_file(str(split_run / f"{case}-rank{r}.safetensors")) for r in (0, 1)]
     assert any(name.startswith("exp_avg.") for name in whole)
+    lr = trainer.cfg.learning_rate
     for name, t in whole.items():
-        # Adam's first step is lr * g / (|g| + eps): a gradient of 1e-9 that differs in its last
-        # float32 digits (another summation order) moves a weight by ~1e-6 more or less.
-        atol = 1e-5 if name.startswith("weight.") else 1e-6
-        torch.testing.assert_close(ranks[0][name], t, rtol=1e-5, atol=atol, msg=name)
+        if name.startswith("weight."):
+            continue
+        # The claim: the same gradient (and Adam moments, linear and quadratic in it). Another
+        # summation order changes float32 sums by a few ulps of their largest terms.
+        scale = float(t.abs().max()) or 1.0
+        torch.testing.assert_close(ranks[0][name], t, rtol=1e-5, atol=1e-5 * scale, msg=name)
         if name in ranks[1]:  # Adam's gathered state exists on the first process only
             assert torch.equal(ranks[0][name], ranks[1][name]), name  # they agree exactly
+    for name, t in whole.items():
+        if not name.startswith("weight."):
+            continue
+        # Adam's first step moves a weight by lr * g / (|g| + eps), at most lr: a gradient
+        # component near zero may flip sign between summation orders (at most 2 lr apart);
+        # where |g| is well above its float error the steps agree to float precision.
+        grad = whole["grad." + name[len("weight."):]]
+        torch.testing.assert_close(ranks[0][name], t, rtol=0, atol=2 * lr, msg=name)
+        steady = grad.abs() > 1e-4 * float(grad.abs().max())
+        torch.testing.assert_close(ranks[0][name][steady], t[steady], rtol=1e-5, atol=1e-6,
+                                   msg=name)
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
     for r in (0, 1):
         split = json.loads((split_run / f"{case}-rank{r}.json").read_text())
         for key in ("loss", "kl", "entropy", "clip_fraction", "grad_norm",
                     "loss/on_policy", "loss/off_policy"):
             assert split[key] == pytest.approx(single[key], rel=1e-5, abs=1e-7), key
-        assert split["batch_std"] == pytest.approx(float(batch.advantages[:, 0].std()))
+
+
+def test_every_process_holds_the_whole_collected_batch(split_run):
+    parts = [json.loads((split_run / f"collect-rank{r}.json").read_text()) for r in (0, 1)]
+    assert parts[0] == parts[1]
+    assert parts[0]["groups"] == [g for g, n in enumerate(du.COUNTS) for _ in range(n)]
+    assert len(parts[0]["texts"]) == sum(du.COUNTS)
 
 
 def test_resumed_distributed_run_continues_exactly(split_run):
@@ -126,28 +147,30 @@ def test_resumed_distributed_run_continues_exactly(split_run):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_prompts_must_split_evenly(tmp_path, monkeypatch):
+def test_shares_are_contiguous_and_balanced():
+    from explorl.distributed import Parallel
+
+    p = Parallel()
+    p.world = 3
+    shares = []
+    for p.rank in range(3):
+        shares.append(p.share(16))
+    assert shares == [slice(0, 6), slice(6, 11), slice(11, 16)]
+    p.rank = 2
+    assert p.share(2) == slice(2, 2)  # fewer items than processes: an empty share
+
+
+@pytest.mark.parametrize("engine", ["fsdp", "deepspeed"])
+def test_lora_under_sharded_engines_is_refused(tmp_path, engine):
     from explorl import TrainConfig
-    from explorl.config import validate
+    from explorl.distributed import Parallel
     from explorl.errors import UserError
 
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(UserError, match="prompts_per_step: must be divisible by the number of "
-                                        r"processes \(3\)"):
-        validate(TrainConfig(prompts_per_step=16, output_dir=str(tmp_path)))
-
-
-@pytest.mark.parametrize("engine", ["FSDP", "DeepSpeed"])
-def test_lora_under_sharded_engines_is_refused(tmp_path, monkeypatch, engine):
-    from explorl import TrainConfig
-    from explorl.config import validate
-    from explorl.errors import UserError
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv(f"ACCELERATE_USE_{engine.upper()}", "true")
-    with pytest.raises(UserError, match=f"lora_r: LoRA under {engine} is not supported"):
-        validate(TrainConfig(lora_r=4, output_dir=str(tmp_path)))
-    validate(TrainConfig(output_dir=str(tmp_path)))  # the engine alone is fine
+    p = Parallel()
+    p.world, p.fsdp, p.deepspeed = 2, engine == "fsdp", engine == "deepspeed"
+    with pytest.raises(UserError, match=f"lora_r: LoRA under {p.engine} is not supported"):
+        p.refuse_unsupported(TrainConfig(lora_r=4, output_dir=str(tmp_path)))
+    p.refuse_unsupported(TrainConfig(output_dir=str(tmp_path)))  # the engine alone is fine
 
 
 @pytest.mark.parametrize("env,cuda,match", [

@@ -89,12 +89,12 @@ def test_budget_rank_schedule_and_state_round_trip():
     assert b.bounds() == (6, 10)
     b.new_epoch(5)
     assert b.bounds() == (4, 12)
-    b.stats.update(["easy", "hard"], [[True] * 8, [False] * 8])
-    n = b.allocate(["easy", "hard"], step=3)
+    b.observe(["easy", "hard"], [[True] * 8, [False] * 8])
+    n = b.allocate(["easy", "hard"], step=3, epoch=5)
     assert sum(n) == 16 and n[1] > n[0]
     c = RolloutBudget(n=8, n_low=4, n_high=12, rule="rank", delta=2)
     c.load(b.state())
-    assert c.allocate(["easy", "hard"], step=3) == n
+    assert c.allocate(["easy", "hard"], step=3, epoch=5) == n
 
 
 def test_temperature_update_hand_worked():
@@ -144,11 +144,12 @@ def test_e3_in_training_and_exact_resume(tmp_path):
     import torch
 
     from explorl import TrainConfig, Trainer
+    from explorl.config import E3Config
 
     def cfg(name, steps):
         return TrainConfig(output_dir=str(tmp_path / name), max_steps=steps, save_every=3,
-                           prompts_per_step=4, num_generations=4, budget="e3", budget_min=2,
-                           budget_max=8, temperature_control="e3", entropy_target_steps=2,
+                           prompts_per_step=4, num_generations=4, method="e3",
+                           e3=E3Config(budget_min=2, budget_max=8, entropy_target_steps=2),
                            eval_size=24, task_train_size=8, progress=False, plots=False)
 
     straight = Trainer(cfg("a", 6))
@@ -172,7 +173,7 @@ def test_e3_in_training_and_exact_resume(tmp_path):
     strip = lambda r: {k: v for k, v in r.items() if not k.startswith(("time/", "eval/"))}  # noqa: E731
     rows_b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [strip(r) for r in rows] == [strip(r) for r in rows_b]
-    assert resumed.keeper.state() == straight.keeper.state()
+    assert resumed.adaptive_temperature.state() == straight.adaptive_temperature.state()
     for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
 
@@ -180,16 +181,46 @@ def test_e3_in_training_and_exact_resume(tmp_path):
 def test_rerank_per_epoch_freezes_estimates_until_the_next_epoch():
     def budget(rerank):
         b = RolloutBudget(n=4, n_low=2, n_high=6, rule="mixed", rerank=rerank)
-        b.stats.update(["a", "b"], [[True, False], [True, False]])
+        b.observe(["a", "b"], [[True, False], [True, False]])
         return b
 
     per_step, per_epoch = budget("step"), budget("epoch")
-    assert per_step.allocate(["a", "b"], 1) == per_epoch.allocate(["a", "b"], 1)
+    assert per_step.allocate(["a", "b"], 1, 0) == per_epoch.allocate(["a", "b"], 1, 0)
     for b in (per_step, per_epoch):  # "a" turns out always right, "b" mixed
-        b.stats.update(["a", "b"], [[True] * 20, [True, False] * 10])
+        b.observe(["a", "b"], [[True] * 20, [True, False] * 10])
     # estimates with the prior (mean pass rate 33/44, 2 pseudo-samples): a .9356, b .5189.
     # From [2, 2], gains of P(mixed): b .2496, .1250, .0627, then a .0602 beats b's .0315
-    assert per_step.allocate(["a", "b"], 2) == [3, 5]  # sees the new statistics at once
-    assert per_epoch.allocate(["a", "b"], 2) == [4, 4]  # still the epoch's snapshot
-    per_epoch.new_epoch(1)
-    assert per_epoch.allocate(["a", "b"], 2) == [3, 5]
+    assert per_step.allocate(["a", "b"], 2, 0) == [3, 5]  # sees the new statistics at once
+    assert per_epoch.allocate(["a", "b"], 2, 0) == [4, 4]  # still the epoch's snapshot
+    assert per_epoch.allocate(["a", "b"], 2, 1) == [3, 5]  # a new pass: a new snapshot
+
+
+def test_a_pass_over_the_data_changes_the_budget_with_its_first_batch(tmp_path):
+    """16 prompts, 4 per step: steps 1-4 are the first pass, where the rank rule's bounds are
+    still (n, n); they widen at step 5, the first batch of the second pass, and the per-pass
+    snapshot taken then ranks every prompt of the first pass."""
+    import json
+
+    from explorl import TrainConfig, Trainer
+    from explorl.config import E3Config
+
+    trainer = Trainer(TrainConfig(
+        output_dir=str(tmp_path / "run"), max_steps=6, prompts_per_step=4, num_generations=4,
+        method="e3", e3=E3Config(adaptive_temperature=False, budget_min=2, budget_max=6,
+                                 budget_rerank="epoch"),
+        eval_size=8, task_train_size=16, progress=False, plots=False, save_every=0))
+    frozen = []
+    allocate = trainer.budget.allocate
+
+    def watch(ids, step, epoch):
+        out = allocate(ids, step, epoch)
+        frozen.append(len(trainer.budget.frozen["table"]))
+        return out
+
+    trainer.budget.allocate = watch
+    trainer.train()
+    rows = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    counts = [r["samples_per_prompt"] for r in rows]
+    assert counts[:4] == [[4, 4, 4, 4]] * 4  # the first pass: bounds (4, 4)
+    assert any(len(set(c)) > 1 for c in counts[4:])  # the second pass: bounds (2, 6)
+    assert frozen[4:] == [16, 16]  # ranks of all 16 prompts, frozen for the second pass

@@ -50,15 +50,15 @@ def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path):
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=5, nonfinite_limit=2,
                       learning_rate=1e-3, **FAST)
     trainer = Trainer(cfg)
-    original = trainer.update
+    original = trainer.update.step
 
-    def poisoned(batch):  # NaN gradients from step 2 on
+    def poisoned(batch, lr):  # NaN gradients from step 2 on
         if trainer.step_done >= 1:
             for p in trainer.model.parameters():
                 p.register_hook(lambda g: g * math.nan) if p.requires_grad else None
-        return original(batch)
+        return original(batch, lr)
 
-    trainer.update = poisoned
+    trainer.update.step = poisoned
     with pytest.raises(TrainingStopped, match="not finite in 2 steps in a row"):
         trainer.train()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

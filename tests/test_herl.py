@@ -1,5 +1,6 @@
-"""HeRL: hand-built groups for each step of the method, each knob shown to take effect, the
-revision-token loss and its gradient, and an end-to-end run that revises and updates."""
+"""HeRL: hand-built groups for each step of the method (driven through its own interface with a
+scripted engine, no trainer), each knob shown to take effect, the revision-token loss and its
+gradient, and an end-to-end run that revises and updates."""
 
 import json
 import math
@@ -8,8 +9,16 @@ import pytest
 import torch
 
 from explorl import TrainConfig, Trainer
-from explorl.algorithms.losses import shaped_surrogate
+from explorl.batch import TrainBatch
+from explorl.config import HeRLConfig
+from explorl.data.prompts import PromptCodec
+from explorl.distributed import Parallel
 from explorl.exploration import hindsight as herl
+from explorl.exploration.hindsight import DEFAULT_TEMPLATE, Hindsight, shaped_surrogate
+from explorl.models.policy import load_tokenizer
+from explorl.rewards.base import Scorer
+from explorl.rewards.rubric import RubricReward, parse_rubric
+from explorl.rollout.collect import Collector
 from explorl.rollout.engine import Rollout, left_pad
 
 NAN = math.nan
@@ -92,14 +101,15 @@ def test_shaped_loss_without_shaping_is_plain_ratio():
         == pytest.approx(-math.exp(0.5))
 
 
-# --- the trainer's HeRL step on hand-built groups ----------------------------------------------
+# --- HeRL's step on hand-built groups, driven with a scripted engine -----------------------------
 RUBRIC = [{"description": "has 7", "check": "include", "args": {"words": ["7"]}},
           {"description": "ends 1", "check": "ends_with", "args": {"suffix": "1"}}]
-DATA = [{"prompt": "p0:", "rubric": RUBRIC}, {"prompt": "p1:", "rubric": RUBRIC}]
+ROWS = [{"prompt": "p0:", "rubric": parse_rubric(RUBRIC, "r")},
+        {"prompt": "p1:", "rubric": parse_rubric(RUBRIC, "r")}]
 
 
 class FakeEngine:
-    """Returns the given revision texts in order and records each request."""
+    """Returns the given texts in order (EOS appended) and records each request."""
 
     def __init__(self, tokenizer, texts):
         self.tok, self.texts, self.calls = tokenizer, list(texts), []
@@ -108,12 +118,12 @@ class FakeEngine:
         self.calls.append(dict(prompts=prompts, counts=counts, temperatures=temperatures,
                                max_new_tokens=max_new_tokens))
         groups = [g for g, n in enumerate(counts) for _ in range(n)]
-        texts = [self.texts.pop(0) for _ in groups]
-        return make_rollout(self.tok, [prompts[g] for g in groups], texts, groups,
-                            temperatures[0])
+        return make_rollout(self.tok, [prompts[g] for g in groups],
+                            [self.texts.pop(0) for _ in groups], groups,
+                            [temperatures[g] for g in groups])
 
 
-def make_rollout(tok, prompts, texts, groups, temperature=1.0):
+def make_rollout(tok, prompts, texts, groups, temperatures=None):
     ids, mask = left_pad(prompts, tok.pad_token_id)
     comps = [tok(t, add_special_tokens=False).input_ids + [tok.eos_token_id] for t in texts]
     width = max(len(c) for c in comps)
@@ -121,153 +131,182 @@ def make_rollout(tok, prompts, texts, groups, temperature=1.0):
     cmask = torch.zeros_like(cids)
     for i, c in enumerate(comps):
         cids[i, : len(c)], cmask[i, : len(c)] = torch.tensor(c), 1
-    return Rollout(ids, mask, cids, cmask, torch.full((len(comps),), temperature),
-                   torch.tensor(groups), torch.zeros(len(comps), dtype=torch.bool))
+    temps = torch.tensor(temperatures or [1.0] * len(comps), dtype=torch.float32)
+    return Rollout(ids, mask, cids, cmask, temps, torch.tensor(groups),
+                   torch.zeros(len(comps), dtype=torch.bool))
 
 
-def herl_trainer(tmp_path, **overrides):
-    cfg = TrainConfig(output_dir=str(tmp_path / "run"), method="herl", dataset=DATA,
-                      reward_funcs=["rubric"], progress=False, plots=False, **overrides)
-    return Trainer(cfg)
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("tiny")
 
 
-def run_hindsight(trainer, texts, groups, revisions):
-    """Score the given samples of DATA's prompts, then run HeRL with scripted revisions."""
-    rows = trainer.train_rows
-    prompts = trainer.prompt_ids
-    rollout = make_rollout(trainer.tokenizer, [prompts[g] for g in groups], texts, groups)
-    rewards = trainer.score(rows, rollout)
-    trainer.engine = FakeEngine(trainer.tokenizer, revisions)
-    out = trainer.hindsight(rows, prompts, rollout, rewards)
-    return rollout, rewards, out
+def collector(tok, texts, mode="dense"):
+    codec = PromptCodec(tok)
+    scorer = Scorer([("rubric", RubricReward(mode))], [1.0], codec)
+    return Collector(FakeEngine(tok, texts), scorer, tok, Parallel())
+
+
+def run_hindsight(tok, revised, texts=None, groups=None, logprobs=None,
+                  group_temperature=1.0, mode="dense", **knobs):
+    """Score ``texts`` (one group per prompt of ROWS, as ``groups`` says, sampled at
+    ``group_temperature``) with a scripted engine, then run HeRL (``knobs``: HeRLConfig) whose
+    revisions are ``revised``."""
+    texts, groups = texts or SAMPLES, groups or GROUPS
+    codec = PromptCodec(tok)
+    prompts = [codec.encode(r["prompt"]) for r in ROWS]
+    counts = [groups.count(g) for g in range(len(ROWS))]
+    batch = collector(tok, texts, mode)(ROWS, prompts, counts,
+                                        [group_temperature] * len(ROWS), 8)
+    herl = Hindsight(HeRLConfig(**knobs), codec, DEFAULT_TEMPLATE, 8, seed=0)
+    collect = collector(tok, revised, mode)
+    logprobs = logprobs or (lambda rollout: -torch.ones(rollout.completion_ids.shape))
+    trained, metrics = herl.augment(batch, collect, logprobs)
+    return batch, trained, metrics, collect.engine.calls
 
 
 # Group 0 (3 samples) fails: best 0.5 ("7" met, "ends 1" not). Group 1 (2 samples) succeeds.
-SAMPLES = ["72", "33", "47", "71", "9"]
+SAMPLES = ["72", "47", "33", "71", "9"]
 GROUPS = [0, 0, 0, 1, 1]
 
 
-def test_failed_group_is_revised_with_hindsight_and_replaced(tmp_path):
-    trainer = herl_trainer(tmp_path)
-    rollout, rewards, (trained, total, revision, old, m) = run_hindsight(
-        trainer, SAMPLES, GROUPS, ["71", "71"])
-    call = trainer.engine.calls[0]
+def test_failed_group_is_revised_with_hindsight_and_replaced(tok):
+    batch, trained, m, calls = run_hindsight(tok, ["71", "71"])
+    call = calls[0]
     assert call["counts"] == [1, 1]  # drafts "72" and "47", tied at 0.5
-    context = trainer.tokenizer.decode(call["prompts"][0])
+    context = tok.decode(call["prompts"][0])
     expected = herl.render_hindsight(herl.DEFAULT_TEMPLATE, "p0:", "72", ["has 7"], ["ends 1"])
     assert context == expected
     assert m["herl/failed_groups"] == 0.5 and m["herl/drafts"] == 2
     assert m["herl/replaced"] == 1 and m["herl/beat_group"] == 1.0
     assert m["herl/revision_gain"] == pytest.approx(0.5)
-    assert trained.group_ids.tolist() == GROUPS and len(trained) == 5
-    slot = int(torch.nonzero(revision))
-    assert GROUPS[slot] == 0 and total[slot] == 1.0
-    assert trained.prompt_ids[slot][trained.prompt_mask[slot].bool()].tolist() == \
-        call["prompts"][0]  # trained under the hindsight prompt, the reference's default
+    assert trained.rollout.group_ids.tolist() == GROUPS and len(trained) == 5
+    slot = int(torch.nonzero(trained.revision))
+    assert GROUPS[slot] == 0 and trained.rewards[slot] == 1.0 and trained.texts[slot] == "71"
+    assert trained.rollout.prompt(slot) == call["prompts"][0]  # under the hindsight prompt
     # the completions table names revisions and the hindsight prompt they were written under
-    assert trainer.revisions(trained, revision) == [expected if i == slot else False
-                                                    for i in range(5)]
-    drafts = [i for i in (0, 2) if i != slot]
-    for d in drafts:  # bonus: 0.5 + 0.05 * (1.0 - 0.5)
-        assert total[d] == pytest.approx(0.525)
-    for i in {1, 3, 4} - {slot}:
-        assert total[i] == rewards.total[i]
-    assert old is None
+    assert trained.trained_under == [expected if i == slot else False for i in range(5)]
+    for d in {0, 1} - {slot}:  # bonus: 0.5 + 0.05 * (1.0 - 0.5)
+        assert trained.rewards[d] == pytest.approx(0.525)
+    for i in {2, 3, 4} - {slot}:
+        assert trained.rewards[i] == batch.rewards.total[i]
+    assert trained.behaviour_logps is None
     assert m["herl/revision_token_fraction"] == pytest.approx(
-        3 / int(trained.completion_mask.sum()))
+        3 / int(trained.rollout.completion_mask.sum()))
+    assert m["herl/tokens"] == 6 and m["herl/revisions"] == 2
 
 
-def test_threshold_candidate_limit_and_revisions_per_draft(tmp_path):
-    t = herl_trainer(tmp_path, herl_threshold=0.5)
-    *_, (_, _, _, _, m) = run_hindsight(t, SAMPLES, GROUPS, [])
-    assert m["herl/drafts"] == 0 and t.engine.calls == []
-    t = herl_trainer(tmp_path, herl_candidate_limit=1, herl_revisions=3)
-    run_hindsight(t, SAMPLES, GROUPS, ["1", "2", "3"])
-    assert t.engine.calls[0]["counts"] == [3]
+def test_threshold_candidate_limit_and_revisions_per_draft(tok):
+    *_, m, calls = run_hindsight(tok, [], threshold=0.5)
+    assert m["herl/drafts"] == 0 and calls == []
+    *_, calls = run_hindsight(tok, ["1", "2", "3"], candidate_limit=1, revisions=3)
+    assert calls[0]["counts"] == [3]
 
 
-def test_guided_temperature_and_length_take_effect(tmp_path):
-    t = herl_trainer(tmp_path, herl_temperature=0.3, herl_max_length=5,
-                     max_completion_length=9)
-    *_, (trained, _, revision, _, _) = run_hindsight(t, SAMPLES, GROUPS, ["71", "71"])
-    assert t.engine.calls[0]["temperatures"] == [0.3, 0.3]
-    assert t.engine.calls[0]["max_new_tokens"] == 5
-    assert trained.temperatures[revision].tolist() == pytest.approx([0.3])
-    assert trained.temperatures[~revision].tolist() == [1.0] * 4
+def test_guided_temperature_and_length_take_effect(tok):
+    _, trained, _, calls = run_hindsight(tok, ["71", "71"], max_length=5)
+    assert calls[0]["max_new_tokens"] == 5
+    _, trained, _, calls = run_hindsight(tok, ["71", "71"], temperature=0.3)
+    assert calls[0]["temperatures"] == [0.3, 0.3]
+    assert trained.rollout.temperatures[trained.revision].tolist() == pytest.approx([0.3])
+    assert trained.rollout.temperatures[~trained.revision].tolist() == [1.0] * 4
 
 
-def test_bonus_alpha_and_replace_top_n(tmp_path):
-    t = herl_trainer(tmp_path, herl_bonus_alpha=0.5, herl_replace_top_n=2)
-    *_, (_, total, revision, _, m) = run_hindsight(t, SAMPLES, GROUPS, ["71", "7"])
+def test_bonus_alpha_and_replace_top_n(tok):
+    *_, m, _ = run_hindsight(tok, ["71", "7"], bonus_alpha=0.5, replace_top_n=2)
     assert m["herl/replaced"] == 1  # only one revision beats the group
-    t = herl_trainer(tmp_path, herl_bonus_alpha=0.5, herl_replace_top_n=2)
-    *_, (_, total, revision, _, m) = run_hindsight(t, SAMPLES, GROUPS, ["71", "771"])
-    assert m["herl/replaced"] == 2 and int(revision.sum()) == 2
-    t = herl_trainer(tmp_path, herl_bonus_alpha=0.5, herl_replace_top_n=1)
-    *_, (_, total, revision, _, _) = run_hindsight(t, SAMPLES, GROUPS, ["71", "3"])
-    kept = [i for i in (0, 2) if not revision[i]]
-    expected = {0: 0.5 + 0.5 * 0.5, 2: 0.5 + 0.5 * (0.0 - 0.5)}  # "3" meets nothing
-    for i in kept:
-        assert total[i] == pytest.approx(expected[i])
+    _, trained, m, _ = run_hindsight(tok, ["71", "771"], bonus_alpha=0.5, replace_top_n=2)
+    assert m["herl/replaced"] == 2 and int(trained.revision.sum()) == 2
+    _, trained, _, _ = run_hindsight(tok, ["71", "3"], bonus_alpha=0.5, replace_top_n=1)
+    expected = {0: 0.5 + 0.5 * 0.5, 1: 0.5 + 0.5 * (0.0 - 0.5)}  # "3" meets nothing
+    for i in (i for i in (0, 1) if not trained.revision[i]):
+        assert trained.rewards[i] == pytest.approx(expected[i])
 
 
-def test_accept_mode_and_fallback(tmp_path):
+def test_accept_mode_and_fallback(tok):
     worse = ["33", "33"]
-    t = herl_trainer(tmp_path)
-    rollout, _, (trained, total, revision, _, m) = run_hindsight(t, SAMPLES, GROUPS, worse)
-    assert m["herl/replaced"] == 0 and torch.equal(trained.completion_ids, rollout.completion_ids)
-    t = herl_trainer(tmp_path, herl_fallback=True)
-    rollout, rewards, (trained, total, revision, _, _) = run_hindsight(t, SAMPLES, GROUPS, worse)
-    changed = [i for i in range(5) if not torch.equal(trained.completion_ids[i],
-                                                      rollout.completion_ids[i])]
-    assert len(changed) == 1 and GROUPS[changed[0]] == 0 and not revision.any()
-    assert t.decode(trained)[changed[0]] == "72"  # a copy of the best draft
-    t = herl_trainer(tmp_path, herl_accept="equal")
-    *_, (_, _, _, _, m) = run_hindsight(t, SAMPLES, GROUPS, ["27", "33"])  # equal to best
+    batch, trained, m, _ = run_hindsight(tok, worse)
+    assert m["herl/replaced"] == 0
+    assert torch.equal(trained.rollout.completion_ids, batch.rollout.completion_ids)
+    batch, trained, _, _ = run_hindsight(tok, worse, fallback=True)
+    changed = [i for i in range(5) if not torch.equal(trained.rollout.completion_ids[i],
+                                                      batch.rollout.completion_ids[i])]
+    assert len(changed) == 1 and GROUPS[changed[0]] == 0 and not trained.revision.any()
+    assert trained.texts[changed[0]] == "72"  # a copy of the best draft
+    *_, m, _ = run_hindsight(tok, ["27", "33"], accept="equal")  # equal to the group's best
     assert m["herl/replaced"] == 1
 
 
-def test_original_context_and_behaviour_logps(tmp_path):
-    t = herl_trainer(tmp_path, herl_context="original")
-    *_, (trained, _, revision, old, _) = run_hindsight(t, SAMPLES, GROUPS, ["71", "71"])
-    slot = int(torch.nonzero(revision))
-    assert trained.prompt_ids[slot][trained.prompt_mask[slot].bool()].tolist() == \
-        t.prompt_ids[0]
-    assert old is not None and (old[slot, :2] < 0).all() and (old[~revision] == 0).all()
+def test_original_context_keeps_the_groups_temperature(tok):
+    """A revision trained under the original prompt x: the numerator of its ratio is
+    pi_T(z | x) at the temperature T that x's rollouts use, the denominator the behaviour
+    log-probs of z under the hindsight prompt at the revision temperature."""
+    seen = []
+
+    def logprobs(rollout):
+        seen.append(rollout)
+        return torch.arange(rollout.completion_ids.numel(), dtype=torch.float32).view(
+            rollout.completion_ids.shape) - 100
+
+    _, trained, _, calls = run_hindsight(tok, ["71", "71"], logprobs=logprobs,
+                                         group_temperature=0.7, temperature=0.5,
+                                         context="original")
+    assert calls[0]["temperatures"] == [0.5, 0.5]  # sampled at the revision temperature
+    slot = int(torch.nonzero(trained.revision))
+    assert trained.rollout.prompt(slot) == PromptCodec(tok).encode("p0:")
+    assert float(trained.rollout.temperatures[slot]) == pytest.approx(0.7)  # trained at x's T
+    assert trained.trained_under[slot] is True
+    # the behaviour log-probs were taken under the hindsight prompt, at the revision temperature
+    (sampled,) = seen
+    assert sampled.prompt(0) == calls[0]["prompts"][0]
+    assert float(sampled.temperatures[0]) == pytest.approx(0.5)
+    n = int(trained.rollout.lengths[slot])
+    assert trained.behaviour_logps[slot, :n].tolist() == [-100.0, -99.0, -98.0][:n]
+    assert (trained.behaviour_logps[~trained.revision] == 0).all()
 
 
-def test_template_blank_lists_and_chat_template(tmp_path):
-    t = herl_trainer(tmp_path, herl_revise_template="FIX {draft} / {unmet_list} ->")
-    run_hindsight(t, SAMPLES, GROUPS, ["71", "71"])
-    assert t.tokenizer.decode(t.engine.calls[0]["prompts"][0]) == "FIX 72 / ends 1 ->"
-    t = herl_trainer(tmp_path, herl_blank_hindsight=True)
-    run_hindsight(t, SAMPLES, GROUPS, ["71", "71"])
-    context = t.tokenizer.decode(t.engine.calls[0]["prompts"][0])
+def test_template_and_blank_lists(tok):
+    codec = PromptCodec(tok)
+    row = ROWS[0]
+    fix = herl.hindsight_prompt(codec, "FIX {draft} / {unmet_list} ->", row, "72", [True, False])
+    assert tok.decode(fix) == "FIX 72 / ends 1 ->"
+    *_, calls = run_hindsight(tok, ["71", "71"], blank_hindsight=True)
+    context = tok.decode(calls[0]["prompts"][0])
     assert "has 7" not in context and "ends 1" not in context and "72" in context
-    t = herl_trainer(tmp_path, herl_revise_template="{draft}|{unmet_list}")
-    t.tokenizer.chat_template = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
-    t.codec.has_template = True
-    run_hindsight(t, SAMPLES, GROUPS, ["71", "71"])
-    assert t.tokenizer.decode(t.engine.calls[0]["prompts"][0]) == "<72|ends 1>"
+    tok.chat_template = "{% for m in messages %}<{{ m['content'] }}>{% endfor %}"
+    try:
+        chat = PromptCodec(tok)
+        assert chat.has_template
+        ids = herl.hindsight_prompt(chat, "{draft}|{unmet_list}", row, "72", [True, False])
+        assert tok.decode(ids) == "<72|ends 1>"
+    finally:
+        tok.chat_template = None
+
+
+def test_strict_rubric_groups_tie_and_most_criteria_met_go_first(tok):
+    batch, trained, m, calls = run_hindsight(tok, ["71", "3", "3"], mode="strict")
+    assert batch.rewards.total.tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]  # strict
+    # the whole failed group ties at 0; most criteria met first ("72", "47", then "33")
+    assert m["herl/drafts"] == 3 and m["herl/failed_groups"] == 0.5
+    assert tok.decode(calls[0]["prompts"][2]).count("33") == 1
+    assert int(trained.revision.sum()) == 1
 
 
 def test_gamma_shapes_the_revision_loss(tmp_path):
+    """At rho = 1 (one update per batch) a revision token's loss is -A / (1 + gamma)."""
     losses = {}
     for gamma in (1.0, 0.1):
-        t = herl_trainer(tmp_path, herl_gamma=gamma, seed=0)
-        rows, prompts = t.train_rows, t.prompt_ids
-        rollout = make_rollout(t.tokenizer, [prompts[g] for g in GROUPS], SAMPLES, GROUPS)
-        rewards = t.score(rows, rollout)
-        t.engine = FakeEngine(t.tokenizer, ["71", "71"])
-        t.herl_rng.seed(0)
-        trained, total, revision, old, _ = t.hindsight(rows, prompts, rollout, rewards)
-        from explorl.algorithms.advantages import AdvantageInputs, compute_advantages
-        from explorl.trainer import Batch
-
-        mask = trained.completion_mask.clone()
-        adv = compute_advantages("grpo", AdvantageInputs(total, trained.group_ids, mask), "group")
-        out = t.update(Batch(trained, adv, mask, None, None, revision, old))
-        # rho = 1 on the single update: the off-policy loss is -A/(1 + gamma) per token
+        t = Trainer(TrainConfig(output_dir=str(tmp_path / "run"), method="herl",
+                                dataset=[dict(r, rubric=RUBRIC) for r in ROWS],
+                                reward_funcs=["rubric"], progress=False, plots=False,
+                                herl=HeRLConfig(gamma=gamma)))
+        rollout = make_rollout(t.tokenizer, [t.prompt_ids[g] for g in GROUPS], SAMPLES, GROUPS)
+        revision = torch.tensor([False, True, False, False, False])
+        rewards = torch.tensor([0.5, 1.0, 0.0, 1.0, 0.0])
+        trained = TrainBatch(rollout, rewards, SAMPLES, revision)
+        mask = trained.loss_mask(False)
+        adv = t.algorithm.advantages(trained, mask)
+        out = t.update.step(t.update.prepare(trained, adv, mask), lr=1e-5)
         expected = float(-(adv * mask)[revision].sum() / mask.sum()) / (1 + gamma)
         assert out["loss/off_policy"] == pytest.approx(expected, rel=1e-5)
         assert out["loss"] == pytest.approx(out["loss/on_policy"] + out["loss/off_policy"],
@@ -287,7 +326,8 @@ def test_herl_needs_a_rubric_reward(tmp_path):
 def test_herl_run_revises_and_updates(tmp_path):
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), method="herl", max_steps=4,
                       prompts_per_step=8, num_generations=4, eval_size=20, task_train_size=100,
-                      learning_rate=1e-3, herl_accept="equal", progress=False, plots=False,
+                      learning_rate=1e-3, herl=HeRLConfig(accept="equal"), progress=False,
+                      plots=False,
                       save_every=2, log_completions_every=1)
     trainer = Trainer(cfg)
     assert cfg.dataset is None and trainer.cfg.dataset == "rubric"
@@ -311,15 +351,9 @@ def test_herl_run_revises_and_updates(tmp_path):
                            and "\nunmet: " in x["hindsight"] for x in revised)
 
 
-def test_a_rubric_reward_from_python_drives_hindsight(tmp_path):
-    from explorl.rewards.rubric import RubricReward
-
-    cfg = TrainConfig(output_dir=str(tmp_path / "run"), method="herl", dataset=DATA,
+def test_a_graded_reward_from_python_turns_hindsight_on(tmp_path):
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), method="herl",
+                      dataset=[dict(r, rubric=RUBRIC) for r in ROWS],
                       reward_funcs=[RubricReward("strict")], progress=False, plots=False)
     t = Trainer(cfg)
-    _, rewards, (_, _, revision, _, m) = run_hindsight(t, SAMPLES, GROUPS, ["71", "3", "3"])
-    assert rewards.total.tolist() == [0.0, 0.0, 0.0, 1.0, 0.0]  # strict
-    # strict: the whole failed group ties at 0; most criteria met first ("72", "47", then "33")
-    assert m["herl/drafts"] == 3 and m["herl/failed_groups"] == 0.5
-    assert t.tokenizer.decode(t.engine.calls[0]["prompts"][2]).count("33") == 1
-    assert int(revision.sum()) == 1
+    assert t.hindsight is not None and t.scorer.graded

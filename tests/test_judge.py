@@ -323,7 +323,7 @@ def test_http_missing_key(monkeypatch, value):
     with pytest.raises(UserError) as error:
         HTTPJudge("https://api.example.com/v1", "m", api_key_env="JUDGE_TEST_KEY")
     message = str(error.value)
-    assert message == "judge_api_key_env: environment variable JUDGE_TEST_KEY is not set"
+    assert message == "judge.api_key_env: environment variable JUDGE_TEST_KEY is not set"
     assert "\n" not in message
 
 
@@ -331,7 +331,7 @@ def test_http_missing_key(monkeypatch, value):
                                  "api.openai.com/v1", "file:///etc/passwd"])
 def test_http_bad_url(monkeypatch, url):
     monkeypatch.setenv("JUDGE_TEST_KEY", KEY)
-    with pytest.raises(UserError, match="^judge_url: ") as error:
+    with pytest.raises(UserError, match="^judge\\.url: ") as error:
         HTTPJudge(url, "m", api_key_env="JUDGE_TEST_KEY")
     assert KEY not in str(error.value)
 
@@ -429,7 +429,7 @@ def test_hf_generation_error_gets_failure_policy(tiny, monkeypatch):
 
 def test_bad_policy_is_a_user_error(tiny):
     model, tokenizer = tiny
-    with pytest.raises(UserError, match="judge_on_failure"):
+    with pytest.raises(UserError, match="judge.on_failure"):
         HFJudge(model, tokenizer, on_failure="skip")
 
 
@@ -437,6 +437,7 @@ def test_training_with_a_judge_never_writes_the_key(server, tmp_path, monkeypatc
     """A run whose rubric is graded by the judge over HTTP: the judge is asked, rewards come back,
     and the key appears in no file the run wrote (config, metrics, checkpoints, summary)."""
     from explorl import TrainConfig, Trainer
+    from explorl.config import JudgeConfig
 
     monkeypatch.setenv("JUDGE_TEST_KEY", KEY)
     rubric = [{"description": "Mentions 1", "check": "judge", "weight": 2},
@@ -445,9 +446,9 @@ def test_training_with_a_judge_never_writes_the_key(server, tmp_path, monkeypatc
     data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "rubric": rubric}) + "\n"
                             for i in range(8)))
     out = tmp_path / "run"
+    judge = JudgeConfig(url=server.url, model="judge-model", api_key_env="JUDGE_TEST_KEY")
     cfg = TrainConfig(output_dir=str(out), dataset=str(data), max_steps=2, prompts_per_step=2,
-                      num_generations=4, judge_url=server.url, judge_model="judge-model",
-                      judge_api_key_env="JUDGE_TEST_KEY", save_every=1, progress=False,
+                      num_generations=4, judge=judge, save_every=1, progress=False,
                       log_completions_every=1)
     Trainer(cfg).train()
     assert len(server.requests) == 16 and set(server.auth) == {f"Bearer {KEY}"}

@@ -65,10 +65,13 @@ def test_dense_strict_and_verdicts_with_weights():
               {"description": "two x", "check": f"{__name__}:ends_with_x", "args": {"times": 2},
                "weight": 1},
               {"description": "free", "check": lambda t: False, "weight": 0}]
-    out = RubricReward("dense")(["p"] * 3, ["a!", "axx", "b"], rubric=[rubric] * 3)
+    reward = RubricReward("dense")
+    out = reward(["p"] * 3, ["a!", "axx", "b"], rubric=[rubric] * 3)
     assert list(out) == pytest.approx([0.75, 0.75, 0.0])
-    assert [g.verdicts for g in out.grades] == [[True, True, False, False],
-                                                [True, False, True, False], [False] * 4]
+    grades = reward.grade(["p"] * 3, ["a!", "axx", "b"], rubric=[rubric] * 3)
+    assert [g.verdicts for g in grades] == [[True, True, False, False],
+                                            [True, False, True, False], [False] * 4]
+    assert [reward.value(g) for g in grades] == list(out)
     strict = RubricReward("strict")(["p", "p"], ["a!", "a"], rubric=[[rubric[0], rubric[3]]] * 2)
     assert list(strict) == [1.0, 1.0]  # a zero-weight criterion does not count
     assert Grade([True, False], [1.0, 3.0]).dense == 0.25

@@ -73,23 +73,23 @@ def test_two_herl_steps_revise_and_update(tmp_path):
     """Two HeRL steps on the real model: failed groups are revised under hindsight and the
     weights move. The dense rubric reward (the default) still fails every group of this model
     (it never meets every criterion) while giving groups a spread, hence non-zero advantages;
-    ``herl_accept=equal`` lets revisions enter the batch."""
-    from explorl.config import TrainConfig
+    ``herl.accept=equal`` lets revisions enter the batch."""
+    from explorl.config import HeRLConfig, TrainConfig
     from explorl.trainer import Trainer
 
     prompts = 2
     trainer = Trainer(TrainConfig(), model="smollm2-135m-instruct", method="herl",
                       output_dir=str(tmp_path / "run"), prompts_per_step=prompts,
-                      num_generations=4, max_completion_length=16, herl_candidate_limit=2,
-                      herl_accept="equal", eval_size=1, task_train_size=50, progress=False,
-                      plots=False)
+                      num_generations=4, max_completion_length=16,
+                      herl=HeRLConfig(candidate_limit=2, accept="equal"), eval_size=1,
+                      task_train_size=50, progress=False, plots=False)
     assert trainer.cfg.dataset == "rubric" and trainer.codec.has_template  # instruct: chat template
     before = [p.detach().clone() for p in trainer.model.parameters()]
     steps = [trainer.step(s) for s in (1, 2)]
     for m in steps:
         assert m["herl/failed_groups"] > 0
         assert 1 <= m["herl/drafts"] <= 2 * prompts
-        assert m["herl/revisions"] == m["herl/drafts"] > 0  # herl_revisions=1 per draft
+        assert m["herl/revisions"] == m["herl/drafts"] > 0  # herl.revisions=1 per draft
         assert m["herl/tokens"] > 0
         assert (m["herl/replaced"] > 0) == (m["herl/revision_token_fraction"] > 0)
         assert 0 <= m["herl/revision_token_fraction"] <= 1

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from explorl import TrainConfig, Trainer
+from explorl.config import E3Config, HeRLConfig
 from tests.helpers.rewards import starts_with_one
 
 FAST = dict(eval_size=40, progress=False, plots=False, task_train_size=400)
@@ -82,8 +83,8 @@ def test_per_prompt_counts_and_temperatures(tmp_path):
 @pytest.mark.parametrize("extra", [
     {},
     # HeRL's slot choice and E3's difficulty statistics and temperature must survive too
-    dict(method="herl", herl_accept="equal", budget="e3", budget_min=2, budget_max=6,
-         temperature_control="e3", entropy_target_steps=1),
+    dict(method="herl+e3", herl=HeRLConfig(accept="equal"),
+         e3=E3Config(budget_min=2, budget_max=6, entropy_target_steps=1)),
 ])
 def test_resume_continues_exactly(tmp_path, extra):
     def cfg(name, steps):
@@ -158,3 +159,25 @@ def test_pass_at_k_before_and_after(tmp_path):
         p = summary[when]["pass_at_k"]
         assert set(p) == {"1", "4"} and 0 <= p["1"] <= p["4"] <= 1
         assert summary[when]["avg_at_4"] == pytest.approx(p["1"])  # pass@1 is avg@n
+
+
+def test_an_injected_engine_serves_training_and_evaluation(tmp_path):
+    from explorl.rollout.engine import HFEngine
+
+    calls = []
+
+    class Counting(HFEngine):
+        def generate(self, prompts, num_samples, temperatures, max_new_tokens):
+            calls.append(("generate", sum(num_samples)))
+            return super().generate(prompts, num_samples, temperatures, max_new_tokens)
+
+        def greedy(self, prompts, max_new_tokens):
+            calls.append(("greedy", len(prompts)))
+            return super().greedy(prompts, max_new_tokens)
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=2, prompts_per_step=4,
+                      num_generations=4, save_every=0, eval_every=0, **FAST)
+    trainer = Trainer(cfg, engine=lambda model, tokenizer: Counting(model, tokenizer))
+    trainer.train()
+    # evaluation before, two steps of 4 x 4 samples, evaluation after
+    assert calls == [("greedy", 40), ("generate", 16), ("generate", 16), ("greedy", 40)]

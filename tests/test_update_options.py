@@ -5,18 +5,19 @@ import pytest
 import torch
 
 from explorl import TrainConfig, Trainer
-from explorl.trainer import Batch
+from explorl.batch import TrainBatch
 from tests.helpers import distributed_update as du
 
 
 def trainer_with(tmp_path, **overrides) -> Trainer:
-    return Trainer(TrainConfig(output_dir=str(tmp_path / "run"), prompts_per_step=len(du.COUNTS),
-                               **du.SMALL, **{**du.CASES["dapo"], "micro_batch_size": 0,
-                                              **overrides}))
+    trainer = Trainer(TrainConfig(output_dir=str(tmp_path / "run"),
+                                  prompts_per_step=len(du.COUNTS), **du.SMALL,
+                                  **{**du.CASES["dapo"], "micro_batch_size": 0, **overrides}))
+    return du.with_revision_loss(trainer, 1.0)
 
 
 def grads_after_update(trainer: Trainer, batch) -> dict[str, torch.Tensor]:
-    tensors, _ = du.update(trainer, batch)
+    tensors, _ = du.update(trainer, *batch)
     return {k: v for k, v in tensors.items() if k.startswith("grad.")}
 
 
@@ -36,7 +37,7 @@ def test_micro_batches_accumulate_the_whole_batch_gradient(tmp_path, reference):
     calls = []
     count_calls(trainer.model.lm_head, calls)
     grads = grads_after_update(trainer, du.fixed_batch(trainer))
-    assert len(calls) == 6  # 16 rows in chunks of 3: six forward passes, one optimizer step
+    assert len(calls) == 6  # 17 rows in chunks of 3: six forward passes, one optimizer step
     for name, g in reference.items():
         torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-7, msg=name)
 
@@ -72,8 +73,8 @@ def on_policy_grads(tmp_path, bf16: bool) -> tuple[Trainer, dict[str, torch.Tens
     with torch.autocast("cpu", enabled=False):  # the same samples for both
         rollout = trainer.engine.generate(trainer.prompt_ids[:8], [4] * 8, [1.0] * 8, 16)
     advantages = torch.randn(len(rollout), 1).expand_as(rollout.completion_mask).contiguous()
-    batch = Batch(rollout, advantages, rollout.completion_mask.clone(), None,
-                  trainer.ref_logps(rollout))
+    batch = (TrainBatch(rollout, torch.zeros(len(rollout)), [""] * len(rollout)), advantages,
+             rollout.completion_mask.clone())
     trainer.dtypes = []  # of the logits in the update's forward pass
     count_calls(trainer.model.lm_head, trainer.dtypes)
     return trainer, grads_after_update(trainer, batch)

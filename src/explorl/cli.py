@@ -80,7 +80,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     t = _trainer_for(ns, raw)
     from explorl.evaluation import evaluate
 
-    result = evaluate(t.model, t.tokenizer, t.eval_rows, t.reward_funcs[0],
+    result = evaluate(t.engine, t.tokenizer, t.eval_rows, t.scorer.funcs[0],
                       t.cfg.max_completion_length, pass_k=pass_k, temperature=ns.temperature,
                       threshold=t.cfg.success_threshold, codec=t.codec)
     result["model"] = ns.model
@@ -103,8 +103,9 @@ def _trainer_for(ns: argparse.Namespace, raw: dict):
         if value < 1:
             raise UserError(f"{flag} {value}: must be >= 1")
     _quiet()
+    from explorl.data.tasks import BUILTIN_TASKS
     from explorl.models.policy import is_named_model
-    from explorl.trainer import BUILTIN_TASKS, Trainer
+    from explorl.trainer import Trainer
 
     if ns.dataset not in BUILTIN_TASKS:
         raw["eval_dataset"] = ns.dataset
@@ -122,14 +123,16 @@ def cmd_improve(ns: argparse.Namespace) -> int:
     raw = {"model": ns.model, "dataset": ns.dataset, "eval_size": ns.size,
            "max_completion_length": ns.max_new_tokens, "output_dir": "unused",
            "reward_funcs": ["rubric"], "rubric_reward": "strict"}
-    for key in ("judge_url", "judge_model", "judge_api_key_env", "herl_revise_template"):
+    for key in ("judge.url", "judge.model", "judge.api_key_env", "herl.revise_template"):
         if getattr(ns, key) is not None:
             raw[key] = getattr(ns, key)
     t = _trainer_for(ns, raw)
+    from explorl.exploration.hindsight import template_for
     from explorl.improve import improve
 
-    result = improve(t.model, t.tokenizer, t.eval_rows, t.revise_template, ns.rounds,
-                     t.rubric, ns.max_new_tokens, ns.temperature, t.codec, ns.lists)
+    template = template_for(t.cfg.herl.revise_template, t.cfg.dataset)
+    result = improve(t.engine, t.tokenizer, t.eval_rows, template, ns.rounds, t.rubric,
+                     ns.max_new_tokens, ns.temperature, t.codec, ns.lists)
     answers = result.pop("answers")
     result["model"] = ns.model
     if ns.json:
@@ -156,14 +159,22 @@ class _Parser(argparse.ArgumentParser):
     """Usage mistakes end like every other bad input: one line, exit code 2."""
 
     def error(self, message: str):
-        print(f"explorl: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        where = "" if self.prog == "explorl" else f"{self.prog}: "
+        print(f"explorl: error: {where}{message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="explorl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    t = sub.add_parser("train", help="RL training (GRPO); no arguments: the embedded default")
+    from explorl.config import TrainConfig
+    from explorl.config_files import help_text
+
+    t = sub.add_parser("train", help="RL training (GRPO); no arguments: the embedded default",
+                       description="Train with GRPO (and HeRL, E3): one optional YAML file, "
+                       "then key=value overrides (section.key=value for a section's key).",
+                       epilog=help_text(TrainConfig),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
     t.set_defaults(fn=cmd_train)
     s = sub.add_parser("sft", help="supervised warm start that builds the shipped tiny model")
@@ -191,10 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--max-new-tokens", type=int, default=16)
     i.add_argument("--lists", choices=["shown", "blank", "swapped"], default="shown",
                    help="met/unmet lists in the hindsight prompt (blank: the control)")
-    i.add_argument("--template", dest="herl_revise_template", default=None)
-    i.add_argument("--judge-url", dest="judge_url", default=None)
-    i.add_argument("--judge-model", dest="judge_model", default=None)
-    i.add_argument("--judge-api-key-env", dest="judge_api_key_env", default=None)
+    i.add_argument("--template", dest="herl.revise_template", default=None)
+    i.add_argument("--judge-url", dest="judge.url", default=None)
+    i.add_argument("--judge-model", dest="judge.model", default=None)
+    i.add_argument("--judge-api-key-env", dest="judge.api_key_env", default=None)
     i.add_argument("--show", type=int, default=0, help="print this many final answers")
     i.add_argument("--json", action="store_true", help="one JSON object on stdout")
     i.set_defaults(fn=cmd_improve)

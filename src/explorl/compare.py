@@ -1,9 +1,10 @@
 """``explorl compare``: several configurations x N seeds, one table and shared plots.
 
-A SPEC is a preset name (``grpo``, ``dapo``, ``dr_grpo``, ``rloo``, ``e3_budget``,
-``e3_budget_mixed``, ``e3_temperature``, ``e3``), presets joined with ``+``,
-or ``label:key=value,key=value``. Each run lives in ``<output>/<label>/seed<k>``; rerunning the
-same command resumes unfinished runs and reuses finished ones.
+A SPEC is a preset name (``grpo``, ``dapo``, ``dr_grpo``, ``rloo``, ``gspo``, ``cispo``,
+``e3_budget``, ``e3_budget_mixed``, ``e3_temperature``, ``e3``, ``herl``, ...), presets joined
+with ``+`` (their methods are joined too: ``herl+e3``), or ``label:key=value,key=value``. Each
+run lives in ``<output>/<label>/seed<k>``; rerunning the same command resumes unfinished runs and
+reuses finished ones.
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ PRESETS: dict[str, list[str]] = {
     "dapo": ["loss_type=dapo", "epsilon_high=0.28"],
     "dr_grpo": ["loss_type=dr_grpo", "advantage_estimator=dr_grpo", "scale_rewards=none"],
     "rloo": ["advantage_estimator=rloo"],
-    "e3_budget": ["budget=e3"],
-    "e3_budget_mixed": ["budget=e3", "budget_rule=mixed"],
-    "e3_temperature": ["temperature_control=e3"],
-    "e3": ["budget=e3", "temperature_control=e3"],
+    "gspo": ["importance_sampling_level=sequence", "loss_type=grpo", "epsilon=3e-4",
+             "epsilon_high=4e-4"],
+    "cispo": ["loss_type=cispo", "epsilon_high=5.0"],
+    "e3_budget": ["method=e3", "e3.adaptive_temperature=false"],
+    "e3_budget_mixed": ["method=e3", "e3.adaptive_temperature=false", "e3.budget_rule=mixed"],
+    "e3_temperature": ["method=e3", "e3.budget=false"],
+    "e3": ["method=e3"],
     "herl": ["method=herl"],
-    "herl_hindsight": ["method=herl", "herl_bonus_alpha=0"],
-    "herl_original": ["method=herl", "herl_context=original"],
-    "herl_blank": ["method=herl", "herl_blank_hindsight=true"],
+    "herl_hindsight": ["method=herl", "herl.bonus_alpha=0"],
+    "herl_original": ["method=herl", "herl.context=original"],
+    "herl_blank": ["method=herl", "herl.blank_hindsight=true"],
 }
 
 
@@ -39,12 +43,17 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
             raise UserError(f"compare: spec {spec!r}: expected label:key=value,key=value")
         return label, items
     overrides: list[str] = []
+    methods: list[str] = []
     for name in spec.split("+"):
         if name not in PRESETS:
             raise UserError(f"compare: unknown preset {name!r} (presets: {', '.join(PRESETS)}; "
                             "or write label:key=value,...)")
-        overrides += PRESETS[name]
-    return spec, overrides
+        for item in PRESETS[name]:
+            if item.startswith("method="):
+                methods += [m for m in item[len("method="):].split("+") if m not in methods]
+            else:
+                overrides.append(item)
+    return spec, overrides + ([f"method={'+'.join(methods)}"] if methods else [])
 
 
 def run_compare(specs: list[str], seeds: int = 3, overrides: list[str] | None = None,

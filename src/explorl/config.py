@@ -1,25 +1,181 @@
 """Typed training configuration: one YAML file plus ``key=value`` overrides, validated at load.
 
-Every field states its default. Names follow TRL's ``GRPOConfig`` where TRL has one
+Every field states its default. The GRPO fields keep TRL's ``GRPOConfig`` names at the top level
 (``num_generations``, ``temperature``, ``beta``, ``epsilon``, ``epsilon_high``, ``loss_type``,
-``scale_rewards``, ``num_iterations``, ``mask_truncated_completions``, ``max_completion_length``).
+``importance_sampling_level``, ``scale_rewards``, ``num_iterations``,
+``mask_truncated_completions``, ``max_completion_length``). Methods are switched on in one way,
+by name in ``method`` (``herl``, ``e3``, ``herl+e3``), and each keeps its knobs in its own
+section: ``herl:``, ``e3:``, ``judge:`` in YAML, ``herl.gamma=2`` on the command line. Each
+class checks its own values in ``check``, next to its fields.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import os
-import types
-import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
+from explorl.algorithms import ALGORITHMS
+from explorl.config_files import Lines, build, check_types, parse_override, read_yaml, to_dict
 from explorl.errors import UserError
+
+EXPLORATION = ("herl", "e3")
+"""Methods that run on top of an algorithm, named in ``method`` after it (``grpo+herl``)."""
+
+Need = Callable[[bool, str, str], None]  # need(ok, key, message) raises when not ok
+
+
+@dataclass
+class HeRLConfig:
+    """HeRL, hindsight revisions of failed groups (Experience is the Best Teacher, 2025); on
+    with ``method=herl``.
+
+    When no sample of a group meets the whole rubric, the policy revises its best failed draft
+    shown the criteria it met and missed; accepted revisions are trained on, drafts that revise
+    well earn a bonus. See :mod:`explorl.exploration.hindsight`.
+    """
+
+    threshold: float = 1.0
+    """A group failed when its best reward is below this."""
+    candidate_limit: int = 16
+    """Drafts revised per failed group: those tied at its best, most criteria met first."""
+    revisions: int = 1
+    """Revisions sampled per draft."""
+    temperature: float = 1.0
+    """Temperature of the guided revisions."""
+    max_length: int | None = None
+    """Token limit of a revision (default: max_completion_length)."""
+    bonus_alpha: float = 0.05
+    """Draft bonus ``alpha * (best revision reward - draft reward)``; 0 turns it off."""
+    replace_top_n: int = 1
+    """Accepted revisions per failed group, each overwriting a random slot of the group."""
+    accept: Literal["better", "equal", "draft"] = "better"
+    """Revisions that enter: strictly above the group's best; ``equal``: else at least equal
+    (the reference); ``draft``: also those strictly above their own draft."""
+    fallback: bool = False
+    """Failed groups without an accepted revision get a copy of their best draft in a random
+    slot (the reference always does this; it reweights GRPO)."""
+    context: Literal["hindsight", "original"] = "hindsight"
+    """Prompt a revision is trained under: the hindsight prompt it was sampled from (the
+    reference), or the original prompt, as an off-policy sample whose ratio is
+    ``pi_T(z | x) / pi_b(z | hindsight)`` with T the group's sampling temperature."""
+    gamma: float = 1.0
+    """Shaping of revision tokens' ratio, ``rho / (rho + gamma)``; <= 0: plain ``rho``."""
+    revise_template: str | None = None
+    """The hindsight prompt (see ``explorl.exploration.hindsight.DEFAULT_TEMPLATE`` for the
+    placeholders). Default: the built-in task's own, else the reference-style one. Rendered
+    through the chat template when the tokenizer has one."""
+    blank_hindsight: bool = False
+    """Control: leave the met and unmet lists empty in the hindsight prompt."""
+
+    def check(self, need: Need, cfg: TrainConfig) -> None:
+        for key in ("candidate_limit", "revisions", "replace_top_n"):
+            need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        need(self.max_length is None or self.max_length >= 1, "max_length",
+             "must be >= 1 (or none)")
+        need(self.temperature > 0, "temperature", "must be > 0")
+        need(self.bonus_alpha >= 0, "bonus_alpha", "must be >= 0")
+        if self.revise_template is not None:
+            try:
+                self.revise_template.format(instruction="", draft="", met="", unmet="",
+                                            met_list="", unmet_list="")
+            except (KeyError, IndexError, ValueError) as e:
+                need(False, "revise_template", f"bad placeholder ({type(e).__name__}: {e}); "
+                     "use {instruction} {draft} {met} {unmet} {met_list} {unmet_list}")
+
+
+@dataclass
+class E3Config:
+    """E3, rollout budgets and entropy-keeping temperature (Liao et al., EMNLP 2025); on with
+    ``method=e3``.
+
+    Budgets give harder prompts more samples at the same total per step
+    (:mod:`explorl.exploration.budget`); the temperature rises as entropy falls
+    (:mod:`explorl.exploration.temperature`). Either part can be turned off.
+    """
+
+    budget: bool = True
+    """Per-prompt sample counts from difficulty statistics, same total per step."""
+    budget_rule: Literal["rank", "mixed"] = "rank"
+    """``rank``: the paper's rank rule (cut zero-advantage rollouts most in docs/e3.md);
+    ``mixed``: maximise the expected number of mixed-outcome groups."""
+    budget_min: int = 4
+    budget_max: int = 12
+    """Hard bounds on samples per prompt (for ``rank``, where its bounds schedule ends)."""
+    budget_delta: int = 2
+    """``rank`` only: the bounds widen from num_generations by this much per epoch."""
+    budget_rerank: Literal["step", "epoch"] = "step"
+    """Refresh difficulty estimates or ranks every step, or once at the start of each pass."""
+    budget_prior_strength: float = 2.0
+    """Pseudo-samples of the Beta prior (centred on the run's pass rate) in ``mixed``."""
+    adaptive_temperature: bool = True
+    """Raise the sampling temperature as entropy falls; ``temperature`` is where it starts."""
+    entropy_target: float | None = None
+    """Default: the mean entropy of the first ``entropy_target_steps`` steps."""
+    entropy_target_steps: int = 10
+    entropy_ema: float = 0.9
+    """Smoothing of the measured entropy (0: none): one batch's entropy is noisy."""
+    temperature_min: float = 0.5
+    temperature_max: float = 2.0
+    anneal_fraction: float = 0.0
+    """Decay the target on a cosine over this last fraction of max_steps (the paper: 0.4)."""
+    anneal_ratio: float = 0.9
+    """Where the annealed target ends, as a share of the target."""
+
+    def check(self, need: Need, cfg: TrainConfig) -> None:
+        if not cfg.uses("e3"):
+            return
+        need(self.budget or self.adaptive_temperature, "budget",
+             "method e3 with both budget and adaptive_temperature off does nothing")
+        if self.budget:
+            need(2 <= self.budget_min <= cfg.num_generations <= self.budget_max, "budget_min",
+                 f"need 2 <= budget_min ({self.budget_min}) <= num_generations "
+                 f"({cfg.num_generations}) <= budget_max ({self.budget_max}); a group of one "
+                 "has no baseline")
+            need(self.budget_delta >= 0, "budget_delta", "must be >= 0")
+            need(self.budget_prior_strength > 0, "budget_prior_strength", "must be > 0")
+        if self.adaptive_temperature:
+            need(0 < self.temperature_min <= cfg.temperature <= self.temperature_max,
+                 "temperature_min", f"the starting temperature {cfg.temperature} must lie in "
+                 f"[temperature_min, temperature_max] = [{self.temperature_min}, "
+                 f"{self.temperature_max}]")
+            need(self.entropy_target is None or self.entropy_target > 0, "entropy_target",
+                 "must be > 0")
+            need(self.entropy_target_steps >= 1, "entropy_target_steps", "must be >= 1")
+            need(0 <= self.entropy_ema < 1, "entropy_ema", "must be in [0, 1)")
+            need(0 <= self.anneal_fraction < 1, "anneal_fraction", "must be in [0, 1)")
+            need(0 < self.anneal_ratio <= 1, "anneal_ratio", "must be in (0, 1]")
+
+
+@dataclass
+class JudgeConfig:
+    """The LLM judge of rubric criteria whose check is ``judge``
+    (:mod:`explorl.rewards.judge`): an OpenAI-compatible endpoint or a local model."""
+
+    url: str | None = None
+    """OpenAI-compatible endpoint (``.../v1``)."""
+    model: str | None = None
+    """The model name the endpoint serves."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key (the key itself is never stored)."""
+    local_model: str | None = None
+    """A local Hugging Face model as the judge instead of an endpoint."""
+    timeout: float = 30.0
+    """Seconds per request before it counts as failed (and is retried)."""
+    retries: int = 2
+    concurrency: int = 4
+    """Requests in flight at once."""
+    on_failure: Literal["mask", "unmet"] = "mask"
+    """An unparsable or failed verdict: mask the sample (unknown reward) or count all unmet."""
+
+    def check(self, need: Need, cfg: TrainConfig) -> None:
+        need(self.timeout > 0, "timeout", "must be > 0")
+        need(self.retries >= 0, "retries", "must be >= 0")
+        need(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
 
 
 @dataclass
@@ -38,13 +194,15 @@ class TrainConfig:
     """Held-out data. Default: the built-in task's held-out split; none for user data."""
     reward_funcs: list[Any] = field(default_factory=list)
     """TRL-signature reward functions: callables, ``module:function`` strings or built-in names
-    (``arithmetic``, ``math_verify``). Default: the built-in task's own reward."""
+    (``arithmetic``, ``math_verify``, ``rubric``). Default: the built-in task's own reward."""
     reward_weights: list[float] | None = None
     """One weight per reward function (default: all 1.0)."""
     output_dir: str = "runs/default"
     seed: int = 0
-    method: Literal["grpo", "herl"] = "grpo"
-    """``herl``: GRPO plus hindsight revisions of failed groups (see the HeRL section)."""
+    method: str = "grpo"
+    """The algorithm, then the exploration methods on top of it, joined by ``+``: ``grpo``
+    (default); ``herl`` (GRPO with hindsight revisions); ``e3`` (E3 budgets and temperature);
+    ``herl+e3``. Each method's knobs are in its section."""
     max_steps: int = 500
     max_generated_tokens: int | None = None
     """Stop once this many tokens were generated (revisions included): equal-budget runs."""
@@ -80,13 +238,19 @@ class TrainConfig:
     """Baseline: group mean (``grpo``), leave-one-out mean (``rloo``), or group mean without any
     std scaling (``dr_grpo``, Liu et al. 2025)."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    loss_type: Literal["grpo", "dapo", "dr_grpo"] = "dapo"
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "cispo"] = "dapo"
     """``grpo``: mean over each sequence's tokens, then over sequences; ``dapo``: mean over all
     tokens of the batch (Yu et al. 2025); ``dr_grpo``: sum over tokens / (sequences x
-    max_completion_length)."""
+    max_completion_length); ``cispo``: CISPO's loss (MiniMax-M1, 2025), ``-sg(min(rho,
+    epsilon_high)) A log pi``, a mean over all tokens. Sequences are every row of the batch,
+    masked ones included, as in TRL."""
+    importance_sampling_level: Literal["token", "sequence"] = "token"
+    """``sequence``: GSPO (Zheng et al. 2025), one ratio per completion, the geometric mean of
+    its tokens' ratios, clipped as a whole (the paper uses epsilon 3e-4, epsilon_high 4e-4)."""
     epsilon: float = 0.2
     epsilon_high: float | None = None
-    """Upper clip bound (DAPO's clip-higher). Default: ``epsilon``."""
+    """Upper clip bound (DAPO's clip-higher). Default: ``epsilon``. Under ``cispo`` the cap on
+    the importance weight itself (not 1 + it); ScaleRL uses 5.0."""
     dual_clip: float | None = None
     """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens (Ye et al. 2020)."""
     num_iterations: int = 1
@@ -120,82 +284,8 @@ class TrainConfig:
     share of a step's samples. Fewer failures are masked out of the step and counted."""
     nonfinite_limit: int = 3
     """A non-finite loss or gradient skips the update; this many in a row stop the run."""
-
-    # --- rubrics and the judge -----------------------------------------------------------------
     rubric_reward: Literal["dense", "strict"] = "dense"
     """The ``rubric`` reward: weighted fraction of criteria met, or 1 only when all are met."""
-    judge_url: str | None = None
-    """OpenAI-compatible endpoint (``.../v1``) grading criteria whose check is ``judge``."""
-    judge_model: str | None = None
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    """Name of the environment variable holding the key (the key itself is never stored)."""
-    judge_local_model: str | None = None
-    """A local Hugging Face model as the judge instead of an endpoint."""
-    judge_timeout: float = 30.0
-    judge_retries: int = 2
-    judge_concurrency: int = 4
-    judge_on_failure: Literal["mask", "unmet"] = "mask"
-    """An unparsable or failed verdict: mask the sample (unknown reward) or count all unmet."""
-
-    # --- HeRL: hindsight revisions of failed groups (Experience is the Best Teacher, 2025) ----
-    herl_threshold: float = 1.0
-    """A group failed when its best reward is below this."""
-    herl_candidate_limit: int = 16
-    """Drafts revised per failed group: those tied at its best, most criteria met first."""
-    herl_revisions: int = 1
-    """Revisions sampled per draft."""
-    herl_temperature: float = 1.0
-    """Temperature of the guided revisions."""
-    herl_max_length: int | None = None
-    """Token limit of a revision (default: max_completion_length)."""
-    herl_bonus_alpha: float = 0.05
-    """Draft bonus ``alpha * (best revision reward - draft reward)``; 0 turns it off."""
-    herl_replace_top_n: int = 1
-    """Accepted revisions per failed group, each overwriting a random slot of the group."""
-    herl_accept: Literal["better", "equal", "draft"] = "better"
-    """Revisions that enter: strictly above the group's best; ``equal``: else at least equal
-    (the reference); ``draft``: also those strictly above their own draft."""
-    herl_fallback: bool = False
-    """Failed groups without an accepted revision get a copy of their best draft in a random
-    slot (the reference always does this; it reweights GRPO)."""
-    herl_context: Literal["hindsight", "original"] = "hindsight"
-    """Prompt a revision is trained under: the hindsight prompt it was sampled from (the
-    reference), or the original prompt, as an off-policy sample for it."""
-    herl_gamma: float = 1.0
-    """Shaping of revision tokens' ratio, ``rho / (rho + gamma)``; <= 0: plain ``rho``."""
-    herl_revise_template: str | None = None
-    """The hindsight prompt (see ``explorl.exploration.hindsight.DEFAULT_TEMPLATE`` for the
-    placeholders). Default: the built-in task's own, else the reference-style one. Rendered
-    through the chat template when the tokenizer has one."""
-    herl_blank_hindsight: bool = False
-    """Control: leave the met and unmet lists empty in the hindsight prompt."""
-
-    # --- E3: rollout budgets and entropy-keeping temperature (Liao et al. 2025) ---------------
-    budget: Literal["uniform", "e3"] = "uniform"
-    """``e3``: per-prompt sample counts from difficulty statistics, same total per step."""
-    budget_rule: Literal["rank", "mixed"] = "rank"
-    """``rank``: the paper's rank rule (cut zero-advantage rollouts most in docs/e3.md);
-    ``mixed``: maximise the expected number of mixed-outcome groups."""
-    budget_min: int = 4
-    budget_max: int = 12
-    """Hard bounds on samples per prompt (for ``rank``, where its bounds schedule ends)."""
-    budget_delta: int = 2
-    """``rank`` only: the bounds widen from num_generations by this much per epoch."""
-    budget_rerank: Literal["step", "epoch"] = "step"
-    budget_prior_strength: float = 2.0
-    """Pseudo-samples of the Beta prior (centred on the run's pass rate) in ``mixed``."""
-    temperature_control: Literal["none", "e3"] = "none"
-    """``e3``: raise the sampling temperature as entropy falls; ``temperature`` is the start."""
-    entropy_target: float | None = None
-    """Default: the mean entropy of the first ``entropy_target_steps`` steps."""
-    entropy_target_steps: int = 10
-    entropy_ema: float = 0.9
-    """Smoothing of the measured entropy (0: none): one batch's entropy is noisy."""
-    temperature_min: float = 0.5
-    temperature_max: float = 2.0
-    temperature_anneal_fraction: float = 0.0
-    """Decay the target on a cosine over this last fraction of max_steps (the paper: 0.4)."""
-    temperature_anneal_ratio: float = 0.9
 
     # --- evaluation, checkpoints, logging ------------------------------------------------------
     eval_pass_k: list[int] = field(default_factory=list)
@@ -216,290 +306,133 @@ class TrainConfig:
     """Write every sample's prompt, completion, reward and advantage to ``completions.jsonl``
     every N steps (0: never); under HeRL also whether it is a revision and its hindsight prompt."""
 
+    # --- method sections -----------------------------------------------------------------------
+    herl: HeRLConfig = field(default_factory=HeRLConfig)
+    e3: E3Config = field(default_factory=E3Config)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
-class _Lines:
-    """Where each key came from, for error messages: ``file:line`` or ``override 'k=v'``."""
+    @property
+    def algorithm(self) -> str:
+        """The algorithm named in ``method`` (``grpo`` when only exploration methods are)."""
+        return next((m for m in self.method.split("+") if m in ALGORITHMS), "grpo")
 
-    def __init__(self) -> None:
-        self.where: dict[str, str] = {}
+    def uses(self, name: str) -> bool:
+        """Whether ``method`` names ``name`` (an algorithm or an exploration method)."""
+        return name in self.method.split("+") or name == self.algorithm
 
-    def __call__(self, key: str) -> str:
-        return self.where.get(key, "config")
+    def check(self, need: Need) -> None:
+        names = self.method.split("+")
+        unknown = [m for m in names if m not in ALGORITHMS and m not in EXPLORATION]
+        need(not unknown and len(names) == len(set(names))
+             and sum(m in ALGORITHMS for m in names) <= 1, "method",
+             f"{self.method!r}: expected one algorithm ({', '.join(ALGORITHMS)}) and any of "
+             f"{', '.join(EXPLORATION)}, joined by '+'")
+        need(not Path(self.output_dir).exists() or Path(self.output_dir).is_dir(), "output_dir",
+             f"{self.output_dir} exists and is not a folder")
+        need(bool(self.output_dir), "output_dir", "must not be empty")
+        for key in ("max_steps", "prompts_per_step", "max_completion_length",
+                    "max_prompt_length", "num_iterations", "eval_size", "task_train_size",
+                    "save_total_limit", "nonfinite_limit"):
+            need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "eval_every", "save_every", "micro_batch_size", "lora_r",
+                    "log_completions_every"):
+            need(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        need(self.num_generations >= 2, "num_generations", "group-relative advantages need "
+             f"at least 2 generations per prompt, got {self.num_generations}")
+        need(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        need(self.eval_temperature > 0, "eval_temperature", "must be > 0")
+        need(all(k >= 1 for k in self.eval_pass_k), "eval_pass_k", "every k must be >= 1")
+        need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        need(self.max_grad_norm > 0, "max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
+        need(0 <= self.reward_failure_limit <= 1, "reward_failure_limit", "must be in [0, 1]")
+        need(self.max_generated_tokens is None or self.max_generated_tokens >= 1,
+             "max_generated_tokens", "must be >= 1 (or none)")
+        if self.reward_weights is not None:
+            need(len(self.reward_weights) == len(self.reward_funcs), "reward_weights",
+                 f"{len(self.reward_weights)} weights for {len(self.reward_funcs)} reward "
+                 "functions")
+        self._check_loss(need)
 
-
-def _yaml_with_lines(path: Path) -> tuple[dict, _Lines]:
-    lines = _Lines()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise UserError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
-    if data is None:
-        return {}, lines
-    if not isinstance(data, dict):
-        raise UserError(f"{path}:1: the config must be a mapping of key: value")
-
-    def walk(n: Any, prefix: str) -> None:
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                key = f"{prefix}{k.value}"
-                lines.where[key] = f"{path}:{k.start_mark.line + 1}"
-                walk(v, key + ".")
-
-    walk(node, "")
-    return data, lines
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
-    """Check ``value`` against annotation ``tp``; convert the few safe cases (int -> float,
-    numeric strings from ``key=value`` overrides)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if type(None) in args and (value is None or value in ("none", "None")):
-            return None  # `key=none` on the command line clears an optional value
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, where)
-            except UserError as e:
-                errors.append(e)
-        raise errors[0]
-    if origin is Literal:
-        if value in args:
-            return value
-        choices = ", ".join(repr(a) for a in args)
-        raise UserError(f"{where}: {key}: {value!r} is not one of {choices}")
-    if origin is list:
-        if isinstance(value, str):  # key=a,b,c from the command line
-            value = [v for v in value.split(",") if v]
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]  # key=4 from the command line: a list of one
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: {key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0] if args else Any, key, where) for v in value]
-    if origin is dict:
-        if isinstance(value, str):  # key={a: 1} from the command line
-            with contextlib.suppress(yaml.YAMLError):
-                value = yaml.safe_load(value)
-        if not isinstance(value, dict):
-            raise UserError(f"{where}: {key}: expected a mapping, got {value!r}")
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise UserError(f"{where}: {key}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise UserError(f"{where}: {key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise UserError(f"{where}: {key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise UserError(f"{where}: {key}: expected a string, got {value!r}")
-    raise UserError(f"{where}: {key}: unsupported type {_type_name(tp)}")
+    def _check_loss(self, need: Need) -> None:
+        need(self.epsilon >= 0, "epsilon", f"must be >= 0, got {self.epsilon}")
+        need(self.epsilon_high is None or self.epsilon_high >= 0, "epsilon_high", "must be >= 0")
+        need(self.dual_clip is None or self.dual_clip > 1, "dual_clip",
+             f"must be > 1 (or none), got {self.dual_clip}")
+        need(self.beta >= 0, "beta", f"must be >= 0, got {self.beta}")
+        if self.loss_type == "cispo":
+            need(self.epsilon_high is not None and self.epsilon_high > 0, "epsilon_high",
+                 "loss_type cispo caps the importance weight at epsilon_high itself (not "
+                 "1 + epsilon_high): set it, e.g. 5.0 as in ScaleRL")
+            need(self.dual_clip is None, "dual_clip", "does not apply to loss_type cispo")
 
 
-def _hints(cls: type | None = None) -> dict[str, Any]:
-    return typing.get_type_hints(cls or TrainConfig)
+RENAMED = {
+    **{f"herl_{f.name}": f"herl.{f.name}" for f in dataclasses.fields(HeRLConfig)},
+    **{f"judge_{f.name}": f"judge.{f.name}" for f in dataclasses.fields(JudgeConfig)},
+    **{name: f"e3.{name}" for name in ("budget_rule", "budget_min", "budget_max",
+                                       "budget_delta", "budget_rerank",
+                                       "budget_prior_strength", "entropy_target",
+                                       "entropy_target_steps", "entropy_ema",
+                                       "temperature_min", "temperature_max")},
+    "budget": "method=e3, with e3.budget", "temperature_control": "method=e3, with "
+    "e3.adaptive_temperature", "temperature_anneal_fraction": "e3.anneal_fraction",
+    "temperature_anneal_ratio": "e3.anneal_ratio", "judge_concurrency": "judge.concurrency",
+}
+"""Keys of earlier versions, named in the error that refuses them."""
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise UserError(f"override {item!r}: expected key=value")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    if isinstance(value, dict) or value is None and raw.strip() not in ("null", "~"):
-        value = raw  # keep text such as "a: b" or "" as written
-    return key, value
+def validate(cfg: Any, lines: Lines | None = None) -> None:
+    """Check types, then values that are well-typed but impossible, section by section; raise
+    :class:`UserError` naming the file and line (or override) of the first bad key."""
+    lines = lines or Lines()
+    check_types(cfg, lines)
+
+    def need_in(prefix: str) -> Need:
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise UserError(f"{lines(prefix + key)}: {prefix + key}: {msg}")
+        return need
+
+    if hasattr(cfg, "check"):
+        cfg.check(need_in(""))
+    for f in dataclasses.fields(cfg):
+        section = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(section) and hasattr(section, "check"):
+            section.check(need_in(f"{f.name}."), cfg)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 cls: type | None = None) -> Any:
-    """Build a :class:`TrainConfig` from an optional YAML file and ``key=value`` overrides.
-
-    Raises :class:`UserError` naming the file and line (or the override) of the first bad key.
-    """
+    """Build a :class:`TrainConfig` (or ``cls``) from an optional YAML file and ``key=value``
+    overrides (``section.key=value`` for a section's key). Raises :class:`UserError` naming the
+    file and line (or the override) of the first bad key."""
     raw: dict[str, Any] = {}
-    lines = _Lines()
+    lines = Lines()
     if path is not None:
-        raw, lines = _yaml_with_lines(Path(path))
+        raw, lines = read_yaml(Path(path))
     for item in overrides or []:
-        key, value = _parse_override(item)
-        raw[key] = value
+        key, value = parse_override(item)
+        section, _, name = key.partition(".")
+        if name and isinstance(raw.get(section), dict):  # a YAML section plus an override
+            raw[section] = {**raw[section], name: value}
+        else:
+            raw[key] = value
         lines.where[key] = f"override {item!r}"
     return config_from_dict(raw, lines, cls)
 
 
-def config_from_dict(raw: dict[str, Any], lines: _Lines | None = None,
+def config_from_dict(raw: dict[str, Any], lines: Lines | None = None,
                      cls: type | None = None) -> Any:
     """Build and validate a config dataclass (default :class:`TrainConfig`) from plain data."""
-    cls = cls or TrainConfig
-    lines = lines or _Lines()
-    hints = _hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in known:
-            close = [k for k in known if k.startswith(str(key)[:4])]
-            hint = f" (did you mean {', '.join(sorted(close)[:3])}?)" if close else ""
-            raise UserError(f"{lines(key)}: unknown config key {key!r}{hint}")
-        values[key] = _coerce(value, hints[key], key, lines(key))
-    cfg = cls(**values)
-    if isinstance(cfg, TrainConfig):
-        validate(cfg, lines)
+    lines = lines or Lines()
+    cfg = build(cls or TrainConfig, raw, lines, RENAMED)
+    validate(cfg, lines)
     return cfg
 
 
-def validate(cfg: TrainConfig, lines: _Lines | None = None) -> None:
-    """Check values that are well-typed but impossible; raise :class:`UserError`."""
-    lines = lines or _Lines()
-    check_types(cfg, lines)  # also checks configs built directly in Python
-
-    def need(ok: bool, key: str, msg: str) -> None:
-        if not ok:
-            raise UserError(f"{lines(key)}: {key}: {msg}")
-
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        need(not isinstance(value, float) or math.isfinite(value), f.name,
-             f"must be a finite number, got {value}")
-    need(not Path(cfg.output_dir).exists() or Path(cfg.output_dir).is_dir(), "output_dir",
-         f"{cfg.output_dir} exists and is not a folder")
-
-    for key in ("max_steps", "prompts_per_step", "num_generations", "max_completion_length",
-                "max_prompt_length", "num_iterations", "eval_size", "task_train_size",
-                "save_total_limit"):
-        need(getattr(cfg, key) >= 1, key, f"must be >= 1, got {getattr(cfg, key)}")
-    for key in ("warmup_steps", "eval_every", "save_every", "micro_batch_size", "lora_r",
-                "log_completions_every"):
-        need(getattr(cfg, key) >= 0, key, f"must be >= 0, got {getattr(cfg, key)}")
-    need(cfg.temperature > 0, "temperature", f"must be > 0, got {cfg.temperature}")
-    need(cfg.eval_temperature > 0, "eval_temperature", "must be > 0")
-    need(all(k >= 1 for k in cfg.eval_pass_k), "eval_pass_k", "every k must be >= 1")
-    need(0 < cfg.top_p <= 1, "top_p", f"must be in (0, 1], got {cfg.top_p}")
-    need(cfg.learning_rate > 0, "learning_rate", f"must be > 0, got {cfg.learning_rate}")
-    need(cfg.epsilon >= 0, "epsilon", f"must be >= 0, got {cfg.epsilon}")
-    need(cfg.epsilon_high is None or cfg.epsilon_high >= 0, "epsilon_high", "must be >= 0")
-    need(cfg.dual_clip is None or cfg.dual_clip > 1, "dual_clip",
-         f"must be > 1 (or none), got {cfg.dual_clip}")
-    need(cfg.beta >= 0, "beta", f"must be >= 0, got {cfg.beta}")
-    need(cfg.max_grad_norm > 0, "max_grad_norm", f"must be > 0, got {cfg.max_grad_norm}")
-    need(cfg.num_generations >= 2 or cfg.advantage_estimator == "grpo"
-         and cfg.scale_rewards == "batch", "num_generations",
-         f"group-relative advantages need at least 2 generations per prompt, got "
-         f"{cfg.num_generations}")
-    if cfg.budget == "e3":
-        need(1 <= cfg.budget_min <= cfg.num_generations <= cfg.budget_max, "budget_min",
-             f"need 1 <= budget_min ({cfg.budget_min}) <= num_generations "
-             f"({cfg.num_generations}) <= budget_max ({cfg.budget_max})")
-        need(cfg.budget_delta >= 0, "budget_delta", "must be >= 0")
-        need(cfg.budget_prior_strength > 0, "budget_prior_strength", "must be > 0")
-    if cfg.temperature_control == "e3":
-        need(0 < cfg.temperature_min <= cfg.temperature <= cfg.temperature_max, "temperature",
-             f"the starting temperature {cfg.temperature} must lie in [temperature_min, "
-             f"temperature_max] = [{cfg.temperature_min}, {cfg.temperature_max}]")
-        need(cfg.entropy_target is None or cfg.entropy_target > 0, "entropy_target", "must be > 0")
-        need(cfg.entropy_target_steps >= 1, "entropy_target_steps", "must be >= 1")
-        need(0 <= cfg.entropy_ema < 1, "entropy_ema", "must be in [0, 1)")
-        need(0 <= cfg.temperature_anneal_fraction < 1, "temperature_anneal_fraction",
-             "must be in [0, 1)")
-        need(0 < cfg.temperature_anneal_ratio <= 1, "temperature_anneal_ratio",
-             "must be in (0, 1]")
-    if cfg.reward_weights is not None:
-        need(len(cfg.reward_weights) == len(cfg.reward_funcs), "reward_weights",
-             f"{len(cfg.reward_weights)} weights for {len(cfg.reward_funcs)} reward functions")
-    need(bool(cfg.output_dir), "output_dir", "must not be empty")
-    world = int(os.environ.get("WORLD_SIZE", "1"))  # processes started by the launcher
-    need(cfg.prompts_per_step % world == 0, "prompts_per_step",
-         f"must be divisible by the number of processes ({world}), got "
-         f"{cfg.prompts_per_step}: each process takes an equal share of the prompts")
-    sharded = [name for name in ("FSDP", "DeepSpeed") if world > 1 and os.environ.get(
-        f"ACCELERATE_USE_{name.upper()}", "").lower() == "true"]
-    need(not (sharded and cfg.lora_r), "lora_r", f"LoRA under {' and '.join(sharded)} is not "
-         "supported; use DDP (configs/accelerate/ddp_cpu.yaml)")
-    need(0 <= cfg.reward_failure_limit <= 1, "reward_failure_limit", "must be in [0, 1]")
-    need(cfg.nonfinite_limit >= 1, "nonfinite_limit", "must be >= 1")
-    need(cfg.max_generated_tokens is None or cfg.max_generated_tokens >= 1,
-         "max_generated_tokens", "must be >= 1 (or none)")
-    for key in ("herl_candidate_limit", "herl_revisions", "herl_replace_top_n",
-                "judge_concurrency"):
-        need(getattr(cfg, key) >= 1, key, f"must be >= 1, got {getattr(cfg, key)}")
-    need(cfg.herl_max_length is None or cfg.herl_max_length >= 1, "herl_max_length",
-         "must be >= 1 (or none)")
-    need(cfg.herl_temperature > 0, "herl_temperature", "must be > 0")
-    need(cfg.herl_bonus_alpha >= 0, "herl_bonus_alpha", "must be >= 0")
-    need(cfg.judge_timeout > 0, "judge_timeout", "must be > 0")
-    need(cfg.judge_retries >= 0, "judge_retries", "must be >= 0")
-    if cfg.herl_revise_template is not None:
-        try:
-            cfg.herl_revise_template.format(instruction="", draft="", met="", unmet="",
-                                            met_list="", unmet_list="")
-        except (KeyError, IndexError, ValueError) as e:
-            need(False, "herl_revise_template", f"bad placeholder ({type(e).__name__}: {e}); "
-                 "use {instruction} {draft} {met} {unmet} {met_list} {unmet_list}")
-
-
-def check_types(cfg: Any, lines: _Lines | None = None) -> None:
-    """Type-check every field (configs built directly in Python skip the loader)."""
-    lines = lines or _Lines()
-    hints = _hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        _coerce(getattr(cfg, f.name), hints[f.name], f.name, lines(f.name))
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A YAML/JSON-safe view (callables and in-memory data sets are shown by name)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, (str, int, float, bool)) or v is None:
-            return v
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        name = getattr(v, "__qualname__", None) or type(v).__name__
-        module = getattr(v, "__module__", None)
-        return f"{module}:{name}" if callable(v) and module else f"<{name}>"
-
-    return {f.name: plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-
-
 def save_config(cfg: Any, path: Path) -> None:
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+
+
+config_to_dict = to_dict

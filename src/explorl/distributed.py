@@ -1,11 +1,12 @@
 """Data parallelism across processes started by ``accelerate launch`` (or ``torchrun``).
 
-Every process takes a disjoint, contiguous share of each step's prompts, samples, scores and
-computes advantages for its own groups; the loss is normalised by counts over all processes and
-scaled by the number of processes, so the gradient DDP averages is the gradient of the whole
-batch. Controllers (E3 statistics and temperature) see every process's observations and stay
-identical everywhere. A run in one process creates no ``Accelerator`` and no collective: it is
-exactly what it was without this module.
+Every process generates and scores a contiguous share of each request's prompts; the scored
+shares are gathered once (:mod:`explorl.rollout.collect`), so advantages, HeRL's decisions,
+controllers and metrics run on the whole batch, identically everywhere. Only the update is
+sharded, by balanced rows; its loss is normalised by whole-batch counts and scaled by the number
+of processes, so the gradient DDP averages is the gradient of the whole batch. A run in one
+process creates no ``Accelerator`` and no collective: it is exactly what it was without this
+module.
 
 Under a DeepSpeed config (ZeRO stage 1 or 2) the optimizer state (and at stage 2 the gradients)
 are partitioned by a DeepSpeed engine; every process keeps the full weights.
@@ -22,7 +23,6 @@ import contextlib
 import math
 import os
 import random
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -65,6 +65,19 @@ class Parallel:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def engine(self) -> str | None:
+        """``FSDP``, ``DeepSpeed``, ``DDP``, or ``None`` in one process."""
+        if self.world == 1:
+            return None
+        return "FSDP" if self.fsdp else "DeepSpeed" if self.deepspeed else "DDP"
+
+    def refuse_unsupported(self, cfg) -> None:
+        """One line for a configuration this process group cannot run."""
+        if cfg.lora_r and self.engine in ("FSDP", "DeepSpeed"):
+            raise UserError(f"lora_r: LoRA under {self.engine} is not supported; use DDP "
+                            "(configs/accelerate/ddp_cpu.yaml)")
 
     @property
     def sharded(self) -> bool:
@@ -184,21 +197,23 @@ class Parallel:
     def _names(self) -> list[str]:
         return [name for name, _ in self.model.named_parameters()]
 
-    def shard(self, items: list) -> list:
-        """This process's contiguous share of a step's prompts (groups never span processes)."""
-        if self.world == 1:
-            return items
-        share = len(items) // self.world
-        return items[self.rank * share:(self.rank + 1) * share]
+    def share(self, n: int) -> slice:
+        """This process's contiguous, balanced share of ``n`` items (sizes differ by at most
+        one, earlier processes take the extra ones)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
 
-    def seed_step(self, seed: int, step: int, rng: random.Random) -> None:
+    def seed_step(self, seed: int, step: int, shared: random.Random | None = None) -> None:
         """Seed this step's sampling from (seed, step, rank): processes draw different samples,
-        and a resumed run draws what the uninterrupted one would have."""
+        and a resumed run draws what the uninterrupted one would have. ``shared`` (HeRL's slot
+        choices, made on the whole batch) gets the same seed on every process."""
         if self.world == 1:
             return
         value = int(np.random.SeedSequence([seed, step, self.rank]).generate_state(1)[0])
         torch.manual_seed(value)
-        rng.seed(value)
+        if shared is not None:
+            shared.seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
 
     def backward(self, loss: torch.Tensor, last: bool = True) -> None:
         """Backward of this process's share of the loss; gradients are synchronised on the
@@ -252,13 +267,6 @@ class Parallel:
         dist.all_reduce(t)
         return tuple(t.tolist())
 
-    def max(self, value: int) -> int:
-        if self.world == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.long, device=self.accelerator.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t)
-
     def gather(self, obj) -> list:
         """Every process's ``obj``, in rank order."""
         if self.world == 1:
@@ -266,13 +274,6 @@ class Parallel:
         out = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
-
-    def concat(self, *lists: list) -> tuple:
-        """Each list joined over processes in rank order (the order of the whole batch)."""
-        if self.world == 1:
-            return lists
-        parts = self.gather(lists)
-        return tuple([x for p in parts for x in p[i]] for i in range(len(lists)))
 
     def broadcast(self, obj):
         """The first process's ``obj`` on every process."""
@@ -285,55 +286,6 @@ class Parallel:
     def barrier(self) -> None:
         if self.world > 1:
             self.accelerator.wait_for_everyone()
-
-    # --- whole-batch views ---------------------------------------------------------------------
-    def std(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Unbiased std of the known rewards of the whole batch (NaN below two)."""
-        known = torch.cat([r[~r.isnan()] for r in self.gather(rewards)])
-        return known.std() if known.numel() >= 2 else torch.tensor(math.nan, dtype=known.dtype)
-
-    def whole_batch(self, rollout, rewards, passed: torch.Tensor):
-        """Every process's samples as one rollout (token ids left out), its rewards and pass
-        flags: step metrics then describe the whole batch, the same on every process."""
-        if self.world == 1:
-            return rollout, rewards, passed
-        parts = self.gather((rollout.group_ids, rollout.lengths, rollout.truncated,
-                             rollout.temperatures, rewards.total, rewards.per_func,
-                             rewards.masked, rewards.failed, passed))
-        groups, offset = [], 0
-        for p in parts:  # group ids continue across processes, as in one process
-            groups.append(p[0] + offset)
-            offset += int(p[0].max()) + 1
-        lengths = torch.cat([p[1] for p in parts])
-        mask = (torch.arange(max(int(lengths.max()), 1)) < lengths[:, None]).long()
-        empty = torch.zeros(len(lengths), 0, dtype=torch.long)
-        whole = replace(rollout, prompt_ids=empty, prompt_mask=empty,
-                        completion_ids=torch.zeros_like(mask), completion_mask=mask,
-                        temperatures=torch.cat([p[3] for p in parts]),
-                        group_ids=torch.cat(groups), truncated=torch.cat([p[2] for p in parts]))
-        scored = replace(rewards, total=torch.cat([p[4] for p in parts]),
-                         per_func={k: torch.cat([p[5][k] for p in parts]) for k in parts[0][5]},
-                         masked=sum(p[6] for p in parts), failed=sum(p[7] for p in parts),
-                         errors=[], grades=None)
-        return whole, scored, torch.cat([p[8] for p in parts])
-
-    def reduce(self, metrics: dict, summed: set[str]) -> dict:
-        """Metrics of every process as one: ``summed`` keys add up, the others are averaged
-        (NaN ignored). Processes hold equal numbers of prompts, so per-group rates average
-        exactly; per-sample rates are averaged per process."""
-        if self.world == 1:
-            return metrics
-        parts = self.gather(metrics)
-        out = {}
-        for key in dict.fromkeys(k for p in parts for k in p):
-            values = [p[key] for p in parts if key in p]
-            if key in summed:
-                out[key] = sum(values)
-            else:
-                known = [v for v in values if not math.isnan(v)]
-                out[key] = sum(known) / len(known) if known else math.nan
-        return out
-
 
 # --- DeepSpeed ZeRO ----------------------------------------------------------------------------
 def _zero_stage() -> int:

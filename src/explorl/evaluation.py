@@ -16,7 +16,7 @@ import torch
 from explorl.data.loaders import columns_of
 from explorl.data.prompts import PromptCodec
 from explorl.rewards.base import compute_rewards
-from explorl.rollout.engine import HFEngine, greedy
+from explorl.rollout.engine import HFEngine, RolloutEngine
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -41,16 +41,17 @@ def _correct(reward_fn, rows: list[dict], prompts: list, texts: list[str], ids: 
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, rows: list[dict], reward_fn: tuple[str, Callable],
-             max_new_tokens: int, pass_k: tuple[int, ...] = (), temperature: float = 1.0,
-             threshold: float = 1.0, codec: PromptCodec | None = None,
-             batch_size: int = 256) -> dict:
+def evaluate(engine: RolloutEngine, tokenizer, rows: list[dict],
+             reward_fn: tuple[str, Callable], max_new_tokens: int,
+             pass_k: tuple[int, ...] = (), temperature: float = 1.0, threshold: float = 1.0,
+             codec: PromptCodec | None = None, batch_size: int = 256) -> dict:
     """Greedy accuracy (overall and per ``level`` when rows have one), plus pass@k and avg@n
-    from ``n = max(pass_k)`` samples per prompt at ``temperature`` when ``pass_k`` is given."""
+    from ``n = max(pass_k)`` samples per prompt at ``temperature`` when ``pass_k`` is given,
+    sampled ``batch_size`` rows at a time by ``engine``."""
     codec = codec or PromptCodec(tokenizer)
     prompts = [r["prompt"] for r in rows]
     encoded = [codec.encode(p) for p in prompts]
-    ids = greedy(model, tokenizer, encoded, max_new_tokens, batch_size)
+    ids = engine.greedy(encoded, max_new_tokens)
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     grades: list = []
     ok = _correct(reward_fn, rows, prompts, texts, ids, threshold, codec, grades)
@@ -64,15 +65,13 @@ def evaluate(model, tokenizer, rows: list[dict], reward_fn: tuple[str, Callable]
         result["by_level"] = {k: float(np.mean(v)) for k, v in sorted(by_level.items())}
     if pass_k:
         n = max(pass_k)
-        engine = HFEngine(model, tokenizer, generation_batch_size=batch_size)
         counts = np.zeros(len(rows), dtype=int)
         step = max(1, batch_size // n)
         for s in range(0, len(rows), step):
             chunk = slice(s, s + step)
             m = len(encoded[chunk])
             out = engine.generate(encoded[chunk], [n] * m, [temperature] * m, max_new_tokens)
-            sample_ids = [row[: int(k)] for row, k in zip(out.completion_ids.tolist(),
-                                                           out.lengths.tolist())]
+            sample_ids = out.completions()
             sample_texts = tokenizer.batch_decode(sample_ids, skip_special_tokens=True)
             rep_rows = [rows[s + int(g)] for g in out.group_ids]
             rep_prompts = [r["prompt"] for r in rep_rows]
@@ -87,8 +86,8 @@ def evaluate(model, tokenizer, rows: list[dict], reward_fn: tuple[str, Callable]
 
 
 def evaluate_rows(model, tokenizer, rows, max_new_tokens: int = 8, pass_k=(), **kw) -> dict:
-    """Evaluation on built-in arithmetic rows with exact-match reward."""
+    """Evaluation of a model on built-in arithmetic rows with exact-match reward."""
     from explorl.data.arithmetic import exact_match_reward
 
-    return evaluate(model, tokenizer, rows, ("arithmetic", exact_match_reward), max_new_tokens,
-                    pass_k=pass_k, **kw)
+    return evaluate(HFEngine(model, tokenizer), tokenizer, rows,
+                    ("arithmetic", exact_match_reward), max_new_tokens, pass_k=pass_k, **kw)

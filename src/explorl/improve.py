@@ -12,51 +12,25 @@ import numpy as np
 import torch
 
 from explorl.data.prompts import PromptCodec
-from explorl.exploration.hindsight import render_hindsight
-from explorl.rewards.rubric import Grade, RubricReward, parse_rubric
-from explorl.rollout.engine import HFEngine, greedy
+from explorl.exploration.hindsight import criteria_of, hindsight_prompt
+from explorl.rewards.rubric import Grade, RubricReward
+from explorl.rollout.engine import RolloutEngine
 
 
-def criteria_of(row: dict) -> list:
-    rubric = row["rubric"]
-    return rubric if rubric and not isinstance(rubric[0], dict) else parse_rubric(rubric, "rubric")
-
-
-def hindsight_prompt(codec: PromptCodec, template: str, row: dict, draft: str,
-                     verdicts: list[bool], lists: str = "shown") -> list[int]:
-    """Token ids of the revise prompt for ``draft`` of ``row`` (chat template when the tokenizer
-    has one). ``lists``: ``shown``, ``blank`` (the control) or ``swapped``."""
-    criteria = criteria_of(row)
-    met = [c.description for c, v in zip(criteria, verdicts) if v]
-    unmet = [c.description for c, v in zip(criteria, verdicts) if not v]
-    if lists == "blank":
-        met, unmet = [], []
-    elif lists == "swapped":
-        met, unmet = unmet, met
-    prompt = row["prompt"]
-    instruction = prompt[-1]["content"] if isinstance(prompt, list) else prompt
-    text = render_hindsight(template, instruction, draft, met, unmet)
-    if isinstance(prompt, list):
-        return codec.encode(prompt[:-1] + [{"role": "user", "content": text}])
-    return codec.encode(text)
-
-
-def _answer(model, tokenizer, encoded: list[list[int]], max_new_tokens: int,
+def _answer(engine: RolloutEngine, tokenizer, encoded: list[list[int]], max_new_tokens: int,
             temperature: float) -> list[str]:
     if temperature == 0:
-        ids = greedy(model, tokenizer, encoded, max_new_tokens)
+        ids = engine.greedy(encoded, max_new_tokens)
     else:
-        out = HFEngine(model, tokenizer).generate(encoded, [1] * len(encoded),
-                                                  [temperature] * len(encoded), max_new_tokens)
-        ids = [row[: int(n)] for row, n in zip(out.completion_ids.tolist(),
-                                               out.lengths.tolist())]
+        ids = engine.generate(encoded, [1] * len(encoded), [temperature] * len(encoded),
+                              max_new_tokens).completions()
     return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
 def _grade(reward: RubricReward, codec, rows, texts) -> list[Grade | None]:
     prompts = [r["prompt"] for r in rows]
     return reward.grade(prompts, [codec.completion(p, t) for p, t in zip(prompts, texts)],
-                        [criteria_of(r) for r in rows])
+                        rubric=[criteria_of(r) for r in rows])
 
 
 def _success(grades) -> float:
@@ -68,7 +42,7 @@ def _dense(grades) -> float:
 
 
 @torch.no_grad()
-def improve(model, tokenizer, rows: list[dict], template: str, rounds: int = 3,
+def improve(engine: RolloutEngine, tokenizer, rows: list[dict], template: str, rounds: int = 3,
             reward: RubricReward | None = None, max_new_tokens: int = 16,
             temperature: float = 0.0, codec: PromptCodec | None = None,
             lists: str = "shown") -> dict:
@@ -78,7 +52,7 @@ def improve(model, tokenizer, rows: list[dict], template: str, rounds: int = 3,
     the best ``answers``. ``temperature`` 0 is greedy."""
     codec = codec or PromptCodec(tokenizer)
     reward = reward or RubricReward("strict")
-    latest = _answer(model, tokenizer, [codec.encode(r["prompt"]) for r in rows],
+    latest = _answer(engine, tokenizer, [codec.encode(r["prompt"]) for r in rows],
                      max_new_tokens, temperature)
     latest_grades = _grade(reward, codec, rows, latest)
     best, best_grades = list(latest), list(latest_grades)
@@ -89,7 +63,7 @@ def improve(model, tokenizer, rows: list[dict], template: str, rounds: int = 3,
         if todo:
             contexts = [hindsight_prompt(codec, template, rows[i], latest[i],
                                          latest_grades[i].verdicts, lists) for i in todo]
-            texts = _answer(model, tokenizer, contexts, max_new_tokens, temperature)
+            texts = _answer(engine, tokenizer, contexts, max_new_tokens, temperature)
             grades = _grade(reward, codec, [rows[i] for i in todo], texts)
             for i, text, grade in zip(todo, texts, grades):
                 latest[i], latest_grades[i] = text, grade
@@ -102,19 +76,18 @@ def improve(model, tokenizer, rows: list[dict], template: str, rounds: int = 3,
 
 
 @torch.no_grad()
-def hindsight_probe(model, tokenizer, rows: list[dict], reward: RubricReward, template: str,
+def hindsight_probe(engine: RolloutEngine, tokenizer, rows: list[dict], reward: RubricReward,
+                    template: str,
                     max_new_tokens: int = 16, samples: int = 8, temperature: float = 1.0,
                     seed: int = 0, codec: PromptCodec | None = None) -> dict:
     """P(all met) of fresh samples against revisions of failed drafts (one per prompt), with the
     met/unmet lists shown, blanked and swapped."""
     torch.manual_seed(seed)
     codec = codec or PromptCodec(tokenizer)
-    engine = HFEngine(model, tokenizer)
     encoded = [codec.encode(r["prompt"]) for r in rows]
     out = engine.generate(encoded, [samples] * len(rows), [temperature] * len(rows),
                           max_new_tokens)
-    texts = tokenizer.batch_decode([row[: int(n)] for row, n in zip(
-        out.completion_ids.tolist(), out.lengths.tolist())], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(out.completions(), skip_special_tokens=True)
     sample_rows = [rows[int(g)] for g in out.group_ids]
     grades = _grade(reward, codec, sample_rows, texts)
     drafts: dict[int, int] = {}
@@ -132,11 +105,11 @@ def hindsight_probe(model, tokenizer, rows: list[dict], reward: RubricReward, te
     for lists in ("shown", "blank", "swapped"):
         contexts = [hindsight_prompt(codec, template, rows[g], texts[k], grades[k].verdicts,
                                      lists) for g, k in drafts.items()]
-        revised = _answer(model, tokenizer, contexts, max_new_tokens, temperature)
+        revised = _answer(engine, tokenizer, contexts, max_new_tokens, temperature)
         revised_grades = _grade(reward, codec, draft_rows, revised)
         result[f"revision_all_met_{lists}"] = _success(revised_grades)
         result[f"revision_dense_{lists}"] = _dense(revised_grades)
     return result
 
 
-__all__ = ["hindsight_prompt", "hindsight_probe", "improve"]
+__all__ = ["hindsight_probe", "improve"]

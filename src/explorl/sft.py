@@ -166,7 +166,8 @@ def _rubric_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) ->
 
     _train(model, tok, cfg.rubric_steps, cfg.rubric_learning_rate, cfg.warmup_steps, demos, log)
     from explorl.improve import hindsight_probe
+    from explorl.rollout.engine import HFEngine
 
     rows = rubric_task.splits(0, min(cfg.eval_size, 400), hidden=True)[1]
-    return hindsight_probe(model, tok, rows, RubricReward("strict"), rubric_task.REVISE_TEMPLATE,
-                           max_new_tokens=12)
+    return hindsight_probe(HFEngine(model, tok), tok, rows, RubricReward("strict"),
+                           rubric_task.REVISE_TEMPLATE, max_new_tokens=12)

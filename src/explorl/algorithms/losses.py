@@ -1,9 +1,11 @@
-"""Policy-gradient losses over per-token log-probs.
+"""Policy-gradient losses over per-token log-probs: pure functions of tensors.
 
 Clipped surrogate (Schulman et al. 2017) with asymmetric bounds (DAPO's clip-higher) and dual
-clip (Ye et al. 2020), KL to a reference (k1, or Schulman's low-variance k3), entropy bonus, and
-the three aggregations TRL names ``grpo``, ``dapo`` and ``dr_grpo``. Normalisers are passed in,
-so a batch split into micro-batches gives exactly the loss of the whole batch.
+clip (Ye et al. 2020); GSPO's sequence-level ratio (Zheng et al. 2025); CISPO's clipped,
+detached importance weight (MiniMax-M1, 2025); KL to a reference (k1, or Schulman's low-variance
+k3); and the aggregations TRL names ``grpo``, ``dapo``, ``dr_grpo`` and ``cispo``. Normalisers
+are passed in, so a batch split into micro-batches or over processes gives exactly the loss of
+the whole batch.
 """
 
 from __future__ import annotations
@@ -13,12 +15,11 @@ from dataclasses import dataclass
 import torch
 
 
-def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
-                      epsilon_low: float, epsilon_high: float,
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, epsilon_low: float,
+                      epsilon_high: float,
                       dual_clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token loss ``max(-rho A, -clip(rho, 1-el, 1+eh) A)``; with dual clip c, negative-A
     tokens are further capped at ``-c A``. Returns (loss, where clipping bound the loss)."""
-    ratio = torch.exp(logps - old_logps)
     unclipped = -ratio * advantages
     clipped = -ratio.clamp(1 - epsilon_low, 1 + epsilon_high) * advantages
     loss = torch.maximum(unclipped, clipped)
@@ -31,15 +32,26 @@ def clipped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: 
     return loss, bound
 
 
-def shaped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
-                     gamma: float) -> torch.Tensor:
-    """Per-token loss of off-policy (revision) tokens, HeRL's ``-A * f(rho)`` with
-    ``f(rho) = rho / (rho + gamma)``: no clipping, but the weight of a token the policy finds
-    unlikely or already likely stays bounded. At rho = 1 the gradient weight is
-    ``gamma / (1 + gamma)^2``; ``gamma <= 0`` gives ``f(rho) = rho``."""
-    ratio = torch.exp(logps - old_logps)
-    shaped = ratio / (ratio + gamma) if gamma > 0 else ratio
-    return -advantages * shaped
+def token_ratio(logps: torch.Tensor, old_logps: torch.Tensor) -> torch.Tensor:
+    """``pi(y_t) / pi_old(y_t)`` per token."""
+    return torch.exp(logps - old_logps)
+
+
+def sequence_ratio(logps: torch.Tensor, old_logps: torch.Tensor,
+                   mask: torch.Tensor) -> torch.Tensor:
+    """GSPO's ratio ``(pi(y) / pi_old(y)) ** (1 / |y|)``: the geometric mean of the tokens'
+    ratios over each completion's trained tokens, the same for all of its positions [N, L]."""
+    mask = mask.to(logps.dtype)
+    mean_log = ((logps - old_logps) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+    return torch.exp(mean_log).unsqueeze(-1).expand_as(logps)
+
+
+def cispo_surrogate(logps: torch.Tensor, ratio: torch.Tensor, advantages: torch.Tensor,
+                    cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CISPO's per-token loss ``-sg(min(rho, cap)) * A * log pi``: every token keeps a gradient,
+    its weight bounded by ``cap``. Returns (loss, where the cap bound a positive-A token)."""
+    weight = ratio.clamp(max=cap).detach()
+    return -weight * advantages * logps, (ratio > cap) & (advantages > 0)
 
 
 def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -55,24 +67,25 @@ def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str) ->
 
 @dataclass
 class Normalizer:
-    """Batch-wide counts, so each micro-batch's loss is its share of the full-batch loss."""
+    """Whole-batch counts, so each micro-batch's (and each process's) loss is its share of the
+    whole batch's loss."""
 
-    num_sequences: int  # sequences with at least one trained token
+    num_sequences: int  # rows of the batch, masked ones included (TRL's convention)
     num_tokens: int  # trained tokens in the batch
     max_completion_length: int
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str,
               norm: Normalizer) -> torch.Tensor:
-    """``grpo``: mean over each sequence's tokens, then over sequences; ``dapo``: mean over all
-    tokens; ``dr_grpo``: sum over tokens / (sequences x max_completion_length)."""
+    """``grpo``: mean over each sequence's tokens, then over the batch's sequences; ``dapo`` and
+    ``cispo``: mean over all tokens; ``dr_grpo``: sum over tokens / (sequences x
+    max_completion_length), a constant."""
     mask = mask.to(per_token.dtype)
     if loss_type == "grpo":
         per_seq = (per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         return per_seq.sum() / max(norm.num_sequences, 1)
-    if loss_type == "dapo":
+    if loss_type in ("dapo", "cispo"):
         return (per_token * mask).sum() / max(norm.num_tokens, 1)
     if loss_type == "dr_grpo":
         return (per_token * mask).sum() / max(norm.num_sequences * norm.max_completion_length, 1)
     raise ValueError(f"unknown loss_type {loss_type!r}")
-

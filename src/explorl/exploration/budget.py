@@ -107,15 +107,16 @@ def mixed_allocation(pass_rates: list[float], total: int, n_min: int, n_max: int
 
 
 class RolloutBudget:
-    """Per-batch sample counts from difficulty statistics (``budget=e3``).
+    """Per-batch sample counts from difficulty statistics (``method=e3``, ``e3.budget``).
 
     ``rule``: ``rank`` (default) or ``mixed``. Bounds: for ``mixed``, ``[n_low, n_high]`` from
     the start; for ``rank``, the paper's schedule: both bounds start at n and widen by ``delta``
     per epoch until ``[n_low, n_high]``. ``rerank``: refresh pass-rate estimates (``mixed``) or
-    ranks (``rank``) every ``step`` or once per ``epoch``.
+    ranks (``rank``) every ``step`` or once at the start of each ``epoch`` (pass over the data).
+    :meth:`allocate` before sampling, :meth:`observe` after scoring.
     """
 
-    def __init__(self, n: int, n_low: int, n_high: int, rule: str = "rank", delta: int = 2,
+    def __init__(self, n: int, n_low: int, n_high: int, *, rule: str = "rank", delta: int = 2,
                  rerank: str = "step", prior_strength: float = 2.0, seed: int = 0):
         self.n, self.n_low, self.n_high = n, n_low, n_high
         self.rule, self.delta, self.rerank = rule, delta, rerank
@@ -123,6 +124,14 @@ class RolloutBudget:
         self.stats = DifficultyStats()
         self.epoch = 0
         self.frozen: dict | None = None  # estimates or ranks fixed for the current epoch
+
+    @classmethod
+    def from_config(cls, cfg) -> RolloutBudget:
+        """From a :class:`explorl.config.TrainConfig` (``num_generations``, ``seed``, ``e3``)."""
+        e3 = cfg.e3
+        return cls(cfg.num_generations, e3.budget_min, e3.budget_max, rule=e3.budget_rule,
+                   delta=e3.budget_delta, rerank=e3.budget_rerank,
+                   prior_strength=e3.budget_prior_strength, seed=cfg.seed)
 
     def bounds(self) -> tuple[int, int]:
         if self.rule == "mixed":
@@ -149,8 +158,10 @@ class RolloutBudget:
         return {"table": {seen[i]: pos / len(seen) for pos, i in enumerate(order)},
                 "default": 0.0}
 
-    def allocate(self, prompt_ids: list[str], step: int) -> list[int]:
-        """Samples per prompt for this batch; the same on every process for a given step."""
+    def allocate(self, prompt_ids: list[str], step: int, epoch: int) -> list[int]:
+        """Samples per prompt for this batch, drawn in pass ``epoch`` over the data (the pass
+        of its first prompt); the same on every process for a given step."""
+        self.new_epoch(epoch)
         rng = np.random.default_rng([self.seed, step])
         if self.rerank == "epoch":
             if self.frozen is None:
@@ -164,6 +175,10 @@ class RolloutBudget:
         if self.rule == "mixed":
             return mixed_allocation(values, total, lo, hi, rng)
         return rank_allocation(values, total, lo, hi, rng)
+
+    def observe(self, prompt_ids: list[str], passes: list[list[bool]]) -> None:
+        """Record the pass flags of each prompt's known samples."""
+        self.stats.update(prompt_ids, passes)
 
     def state(self) -> dict:
         return {"stats": self.stats.state(), "epoch": self.epoch, "frozen": self.frozen}

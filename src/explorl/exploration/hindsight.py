@@ -3,21 +3,27 @@
 When no sample of a group meets the whole rubric, the policy is shown its best failed attempt
 with the criteria it met and missed, and asked to revise. Revisions are graded against the
 original rubric; a draft earns ``alpha * (best revision reward - its reward)`` as a bonus; the
-best revision that beats the group overwrites ``replace_top_n`` random slots of the group, keeping
-the group id, so it is normalised with the on-policy samples. Its tokens get the shaped loss
-``-A * rho / (rho + gamma)`` (:func:`explorl.algorithms.losses.shaped_surrogate`).
+best revisions that beat the group overwrite ``replace_top_n`` random slots of the group,
+keeping the group id, so they are normalised with the on-policy samples. Their tokens get the
+shaped loss ``-A * rho / (rho + gamma)`` (:func:`shaped_surrogate`).
 
-The functions here are pure over tensors and lists; :func:`augment` runs them in order around
-the generation and grading the trainer supplies.
+Everything HeRL is lives here: the pure steps, the hindsight prompt (also used at test time by
+:mod:`explorl.improve`), the revision loss, and :class:`Hindsight`, which runs them on a scored
+batch given a way to collect (generate and score) and the policy's log-probs.
 """
 
 from __future__ import annotations
 
 import math
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
+from explorl.batch import ScoredBatch, TrainBatch
+from explorl.data import rubric_task
+from explorl.rewards.rubric import parse_rubric
 from explorl.rollout.engine import Rollout, left_pad
 
 DEFAULT_TEMPLATE = (
@@ -34,6 +40,21 @@ DEFAULT_TEMPLATE = (
 comma-separated)."""
 
 
+
+def template_for(template: str | None, dataset) -> str:
+    """``template``, else the built-in rubric task's own (the shipped model was warm-started
+    on it), else :data:`DEFAULT_TEMPLATE`."""
+    if template:
+        return template
+    return rubric_task.REVISE_TEMPLATE if str(dataset) in rubric_task.VARIANTS \
+        else DEFAULT_TEMPLATE
+
+
+Collect = Callable[..., ScoredBatch]  # (rows, prompt_ids, counts, temperatures, max_new_tokens)
+LogProbs = Callable[[Rollout], torch.Tensor]  # the policy's log-probs of a rollout's tokens
+
+
+# --- the steps, pure ----------------------------------------------------------------------------
 def failed_groups(rewards: torch.Tensor, group_ids: torch.Tensor, threshold: float) -> list[int]:
     """Groups whose best known reward is below ``threshold`` (no sample met everything).
     A group with no known reward has no draft to revise and is not counted."""
@@ -68,6 +89,30 @@ def render_hindsight(template: str, instruction: str, draft: str, met: list[str]
                            unmet_list=", ".join(unmet))
 
 
+def criteria_of(row: dict) -> list:
+    rubric = row["rubric"]
+    return rubric if rubric and not isinstance(rubric[0], dict) else parse_rubric(rubric, "rubric")
+
+
+def hindsight_prompt(codec, template: str, row: dict, draft: str, verdicts: list[bool],
+                     lists: str = "shown") -> list[int]:
+    """Token ids of the revise prompt for ``draft`` of ``row`` (chat template when the tokenizer
+    has one). ``lists``: ``shown``, ``blank`` (the control) or ``swapped``."""
+    criteria = criteria_of(row)
+    met = [c.description for c, v in zip(criteria, verdicts) if v]
+    unmet = [c.description for c, v in zip(criteria, verdicts) if not v]
+    if lists == "blank":
+        met, unmet = [], []
+    elif lists == "swapped":
+        met, unmet = unmet, met
+    prompt = row["prompt"]
+    instruction = prompt[-1]["content"] if isinstance(prompt, list) else prompt
+    text = render_hindsight(template, instruction, draft, met, unmet)
+    if isinstance(prompt, list):
+        return codec.encode(prompt[:-1] + [{"role": "user", "content": text}])
+    return codec.encode(text)
+
+
 def draft_bonus(draft_reward: float, revision_rewards: list[float], alpha: float) -> float:
     """``r(y) + alpha * (max_k r(z_k) - r(y))``: rewards drafts that revise well; may be
     negative; breaks ties in all-equal groups. Unknown (NaN) revision rewards are ignored."""
@@ -95,6 +140,17 @@ def accept(revision_rewards: list[float], draft_rewards: list[float], group_best
     return chosen[:top_n]
 
 
+def shaped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+                     gamma: float) -> torch.Tensor:
+    """Per-token loss of off-policy (revision) tokens, HeRL's ``-A * f(rho)`` with
+    ``f(rho) = rho / (rho + gamma)``: no clipping, but the weight of a token the policy finds
+    unlikely or already likely stays bounded. At rho = 1 the gradient weight is
+    ``gamma / (1 + gamma)^2``; ``gamma <= 0`` gives ``f(rho) = rho``."""
+    ratio = torch.exp(logps - old_logps)
+    shaped = ratio / (ratio + gamma) if gamma > 0 else ratio
+    return -advantages * shaped
+
+
 @dataclass
 class Sample:
     """One row's content to write into a rollout: prompt, completion, how it was drawn."""
@@ -106,8 +162,7 @@ class Sample:
 
 
 def sample_at(rollout: Rollout, i: int) -> Sample:
-    return Sample(rollout.prompt_ids[i][rollout.prompt_mask[i].bool()].tolist(),
-                  rollout.completion_ids[i, : int(rollout.lengths[i])].tolist(),
+    return Sample(rollout.prompt(i), rollout.completion_ids[i, : int(rollout.lengths[i])].tolist(),
                   float(rollout.temperatures[i]), bool(rollout.truncated[i]))
 
 
@@ -127,94 +182,166 @@ def splice(rollout: Rollout, writes: dict[int, Sample], pad_id: int) -> Rollout:
                    torch.tensor([r.truncated for r in rows]))
 
 
+# --- the step -----------------------------------------------------------------------------------
 @dataclass
-class Revised:
-    """What hindsight hands the update."""
+class _Revisions:
+    """Failed groups, their drafts and the graded revisions."""
 
-    rollout: Rollout  # the rollout to train on: accepted revisions written into their slots
-    rewards: torch.Tensor  # its rewards, drafts with their bonus
-    revision: torch.Tensor  # [N] bool: the rows that hold a revision
-    sampled: Rollout | None  # the revisions as sampled, under their hindsight prompts
-    picks: list[tuple[int, int]]  # (slot in ``rollout``, row of ``sampled``) per accepted one
-    metrics: dict
+    failed: list[int]
+    drafts: list[int]  # rows of the batch
+    batch: ScoredBatch  # the revisions, under their hindsight prompts; group id j = drafts[j]
+
+    def of_group(self, group: int, group_ids: torch.Tensor) -> list[int]:
+        """Rows of ``batch`` revising a draft of ``group``."""
+        return [k for k, j in enumerate(self.batch.rollout.group_ids.tolist())
+                if int(group_ids[self.drafts[j]]) == group]
 
 
-def augment(cfg, rows: list[dict], prompts: list[list[int]], rollout: Rollout, rewards,
-            engine, score, revise_prompt, decode, passed, rng, pad_id: int) -> Revised:
-    """HeRL steps 2-8 on one step's samples: revise the best drafts of failed groups under
-    the hindsight prompt, pay drafts their bonus and let accepted revisions overwrite random
-    slots of their group.
+class Hindsight:
+    """HeRL's step on one scored batch (:meth:`augment`), and its revision loss.
 
-    ``cfg`` holds the ``herl_*`` knobs; ``rewards`` are the samples' scored rewards with their
-    grades. The trainer supplies the rest: ``engine`` (generates revisions), ``score(rows,
-    rollout)``, ``revise_prompt(row, draft_text, verdicts)`` (token ids of the hindsight
-    prompt), ``decode(rollout)``, ``passed(rewards)``, the slot-choice ``rng`` and the pad id.
+    ``cfg`` is the :class:`explorl.config.HeRLConfig`; ``template`` the hindsight prompt;
+    ``codec`` encodes it; ``max_new_tokens`` bounds a revision unless ``cfg.max_length`` does.
+    ``rng`` chooses the slots revisions overwrite (saved in checkpoints).
     """
-    original = rewards.total
-    total = original.clone()
-    groups = rollout.group_ids
-    num_met = torch.tensor([g.num_met if g else -1
-                            for g in rewards.grades or [None] * len(rollout)])
-    failed = failed_groups(original, groups, cfg.herl_threshold)
-    drafts = [c for g in failed for c in choose_candidates(
-        original, num_met, groups, g, cfg.herl_candidate_limit)]
-    revision = torch.zeros(len(rollout), dtype=torch.bool)
-    metrics = {"herl/failed_groups": len(failed) / (int(groups.max()) + 1),
-               "herl/drafts": len(drafts), "herl/tokens": 0}
-    if not drafts or rewards.grades is None:
-        return Revised(rollout, total, revision, None, [], metrics)
 
-    # Guided regeneration, graded against each draft's original rubric.
-    texts = decode(rollout)
-    contexts = [revise_prompt(rows[int(groups[d])], texts[d], rewards.grades[d].verdicts)
-                for d in drafts]
-    out = engine.generate(contexts, [cfg.herl_revisions] * len(drafts),
-                          [cfg.herl_temperature] * len(drafts),
-                          cfg.herl_max_length or cfg.max_completion_length)
-    draft_of = [drafts[int(j)] for j in out.group_ids]
-    scored = score(rows, replace(out, group_ids=groups[draft_of]))
-    # Draft bonus, then replacement: accepted revisions overwrite random slots of their
-    # group (trained under the hindsight prompt or the original one).
-    gains = []
-    for j, d in enumerate(drafts):
-        mine = scored.total[out.group_ids == j].tolist()
-        total[d] = draft_bonus(float(original[d]), mine, cfg.herl_bonus_alpha)
-        known = [r for r in mine if r == r]
-        if known:
-            gains.append(max(known) - float(original[d]))
-    writes: dict[int, Sample] = {}
-    picks, beat = [], 0
-    for g in failed:
-        members = torch.nonzero(groups == g).flatten().tolist()
-        best = float(original[members][~original[members].isnan()].max())
-        mine = [k for k, d in enumerate(draft_of) if int(groups[d]) == g]
-        beat += any(float(scored.total[k]) > best for k in mine)
-        chosen = [mine[k] for k in accept(
-            [float(scored.total[k]) for k in mine],
-            [float(original[draft_of[k]]) for k in mine],
-            best, cfg.herl_accept, cfg.herl_replace_top_n)]
-        for slot, k in zip(rng.sample(members, min(len(chosen), len(members))), chosen):
-            context = contexts[int(out.group_ids[k])] if cfg.herl_context == "hindsight" \
-                else prompts[g]
-            writes[slot] = replace(sample_at(out, k), prompt=context)
-            total[slot] = scored.total[k]
-            revision[slot] = True
-            picks.append((slot, k))
-        if not chosen and cfg.herl_fallback and len(members) > 1:
-            source = next(d for d in drafts if int(groups[d]) == g)
-            slot = rng.choice([m for m in members if m != source])
-            writes[slot] = sample_at(rollout, source)  # on-policy: a plain copy
-            total[slot] = original[source]
-    trained = splice(rollout, writes, pad_id)
-    generated = int(out.completion_mask.sum())
-    metrics.update({
-        "herl/revisions": len(out),
-        "herl/revision_success": float(passed(scored).float().mean()),
-        "herl/revision_gain": sum(gains) / len(gains) if gains else math.nan,
-        "herl/beat_group": beat / len(failed),
-        "herl/replaced": len(picks),
-        "herl/revision_token_fraction":
-            float(trained.completion_mask[revision].sum() / trained.completion_mask.sum()),
-        "herl/tokens": generated,
-    })
-    return Revised(trained, total, revision, out, picks, metrics)
+    def __init__(self, cfg, codec, template: str, max_new_tokens: int, seed: int):
+        self.cfg, self.codec, self.template = cfg, codec, template
+        self.max_new_tokens = cfg.max_length or max_new_tokens
+        self.lists = "blank" if cfg.blank_hindsight else "shown"
+        self.rng = random.Random(seed)
+
+    def prompt(self, row: dict, draft: str, verdicts: list[bool]) -> list[int]:
+        return hindsight_prompt(self.codec, self.template, row, draft, verdicts, self.lists)
+
+    def revision_loss(self, logps: torch.Tensor, behaviour_logps: torch.Tensor,
+                      advantages: torch.Tensor) -> torch.Tensor:
+        return shaped_surrogate(logps, behaviour_logps, advantages, self.cfg.gamma)
+
+    def augment(self, batch: ScoredBatch, collect: Collect,
+                logprobs: LogProbs) -> tuple[TrainBatch, dict]:
+        """Revise the best drafts of failed groups under the hindsight prompt, pay drafts their
+        bonus and let accepted revisions overwrite random slots of their group. Returns the
+        batch to train on and ``herl/*`` metrics."""
+        rewards, groups = batch.rewards.total, batch.rollout.group_ids
+        grades = batch.rewards.grades or [None] * len(batch)
+        num_met = torch.tensor([g.num_met if g else -1 for g in grades])
+        failed = failed_groups(rewards, groups, self.cfg.threshold)
+        drafts = [c for g in failed for c in choose_candidates(
+            rewards, num_met, groups, g, self.cfg.candidate_limit)]
+        metrics = {"herl/failed_groups": len(failed) / len(batch.rows),
+                   "herl/drafts": len(drafts), "herl/tokens": 0}
+        train_batch = TrainBatch(batch.rollout, rewards.clone(), batch.texts,
+                                 torch.zeros(len(batch), dtype=torch.bool), None,
+                                 [False] * len(batch))
+        if not drafts or batch.rewards.grades is None:
+            return train_batch, metrics
+        revised = self._revise(batch, failed, drafts, collect)
+        gains = self._pay_bonus(train_batch, batch, revised)
+        accepted, beat = self._replace(train_batch, batch, revised)
+        if accepted and self.cfg.context == "original":
+            train_batch.behaviour_logps = self._behaviour(train_batch, revised, accepted,
+                                                          logprobs)
+        metrics.update({
+            "herl/revisions": len(revised.batch),
+            "herl/revision_success": float(revised.batch.passed.float().mean()),
+            "herl/revision_gain": sum(gains) / len(gains) if gains else math.nan,
+            "herl/beat_group": beat / len(failed),
+            "herl/replaced": len(accepted),
+            "herl/revision_token_fraction": float(
+                train_batch.rollout.completion_mask[train_batch.revision].sum()
+                / train_batch.rollout.completion_mask.sum()),
+            "herl/tokens": revised.batch.generated_tokens,
+        })
+        return train_batch, metrics
+
+    def _revise(self, batch: ScoredBatch, failed: list[int], drafts: list[int],
+                collect: Collect) -> _Revisions:
+        """Guided regeneration of each draft, graded against its original rubric."""
+        groups = batch.rollout.group_ids
+        rows = [batch.rows[int(groups[d])] for d in drafts]
+        contexts = [self.prompt(row, batch.texts[d], batch.rewards.grades[d].verdicts)
+                    for row, d in zip(rows, drafts)]
+        out = collect(rows, contexts, [self.cfg.revisions] * len(drafts),
+                      [self.cfg.temperature] * len(drafts), self.max_new_tokens)
+        return _Revisions(failed, drafts, out)
+
+    def _pay_bonus(self, train_batch: TrainBatch, batch: ScoredBatch,
+                   revised: _Revisions) -> list[float]:
+        """Each draft's reward plus its bonus; returns each draft's best gain."""
+        gains, original = [], batch.rewards.total
+        for j, d in enumerate(revised.drafts):
+            own = revised.batch.rewards.total[revised.batch.rollout.group_ids == j].tolist()
+            train_batch.rewards[d] = draft_bonus(float(original[d]), own, self.cfg.bonus_alpha)
+            known = [r for r in own if r == r]
+            if known:
+                gains.append(max(known) - float(original[d]))
+        return gains
+
+    def _replace(self, train_batch: TrainBatch, batch: ScoredBatch,
+                 revised: _Revisions) -> tuple[list[tuple[int, int]], int]:
+        """Accepted revisions overwrite random slots of their group (fallback: a copy of the
+        best draft). Returns the (slot, revision row) pairs and the groups a revision beat."""
+        original, groups = batch.rewards.total, batch.rollout.group_ids
+        scores = revised.batch.rewards.total
+        writes: dict[int, Sample] = {}
+        texts = list(batch.texts)
+        accepted, beat = [], 0
+        for g in revised.failed:
+            members = torch.nonzero(groups == g).flatten().tolist()
+            best = float(original[members][~original[members].isnan()].max())
+            candidates = revised.of_group(g, groups)
+            beat += any(float(scores[k]) > best for k in candidates)
+            draft_of = revised.batch.rollout.group_ids
+            draft_rewards = [float(original[revised.drafts[int(draft_of[k])]])
+                             for k in candidates]
+            chosen = [candidates[k] for k in accept(
+                [float(scores[k]) for k in candidates], draft_rewards, best, self.cfg.accept,
+                self.cfg.replace_top_n)]
+            for slot, k in zip(self.rng.sample(members, min(len(chosen), len(members))), chosen):
+                writes[slot] = self._trained_sample(batch, revised, members[0], k)
+                texts[slot], train_batch.rewards[slot] = revised.batch.texts[k], scores[k]
+                train_batch.revision[slot] = True
+                train_batch.trained_under[slot] = True if self.cfg.context == "original" else \
+                    self.codec.tokenizer.decode(writes[slot].prompt, skip_special_tokens=True)
+                accepted.append((slot, k))
+            if not chosen and self.cfg.fallback and len(members) > 1:
+                source = next(d for d in revised.drafts if int(groups[d]) == g)
+                slot = self.rng.choice([m for m in members if m != source])
+                writes[slot] = sample_at(batch.rollout, source)  # on-policy: a plain copy
+                texts[slot], train_batch.rewards[slot] = batch.texts[source], original[source]
+        train_batch.rollout = splice(batch.rollout, writes, self.codec.tokenizer.pad_token_id)
+        train_batch.texts = texts
+        return accepted, beat
+
+    def _trained_sample(self, batch: ScoredBatch, revised: _Revisions, member: int,
+                        k: int) -> Sample:
+        """Revision ``k`` as trained: under its hindsight prompt and temperature, or under the
+        group's original prompt and sampling temperature (then the ratio's numerator is
+        ``pi_T(z | x)`` and its denominator the behaviour log-probs under the hindsight
+        prompt)."""
+        sample = sample_at(revised.batch.rollout, k)
+        if self.cfg.context == "hindsight":
+            return sample
+        return replace(sample, prompt=batch.rollout.prompt(member),
+                       temperature=float(batch.rollout.temperatures[member]))
+
+    @torch.no_grad()
+    def _behaviour(self, train_batch: TrainBatch, revised: _Revisions,
+                   accepted: list[tuple[int, int]], logprobs: LogProbs) -> torch.Tensor:
+        """Log-probs of revisions trained under the original prompt, under the hindsight prompt
+        and temperature they were sampled at: the denominator of a true importance ratio."""
+        sampled = revised.batch.rollout.select([k for _, k in accepted])
+        logps = logprobs(sampled)
+        full = torch.zeros(train_batch.rollout.completion_ids.shape, dtype=logps.dtype)
+        for i, (slot, k) in enumerate(accepted):
+            n = int(revised.batch.rollout.lengths[k])
+            full[slot, :n] = logps[i, :n]
+        return full
+
+    def state(self) -> list:
+        return list(self.rng.getstate())
+
+    def load(self, state: list) -> None:
+        version, internal, gauss = state
+        self.rng.setstate((version, tuple(internal), gauss))

@@ -37,7 +37,7 @@ def annealed_target(target: float, step: int, max_steps: int, fraction: float,
 class EntropyKeeper:
     """Holds the temperature for the next rollouts; :meth:`observe` after every update."""
 
-    def __init__(self, temperature: float, vocab_size: int, max_steps: int,
+    def __init__(self, temperature: float, vocab_size: int, max_steps: int, *,
                  target: float | None = None, target_steps: int = 10, ema: float = 0.0,
                  t_min: float = 0.5, t_max: float = 2.0, anneal_fraction: float = 0.0,
                  anneal_ratio: float = 0.9):
@@ -48,6 +48,15 @@ class EntropyKeeper:
         self.anneal_fraction, self.anneal_ratio = anneal_fraction, anneal_ratio
         self.warmup: list[float] = []  # entropies of the first steps, while the target forms
         self.smoothed: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg, vocab_size: int) -> EntropyKeeper:
+        """From a :class:`explorl.config.TrainConfig` (``temperature`` is where it starts)."""
+        e3 = cfg.e3
+        return cls(cfg.temperature, vocab_size, cfg.max_steps, target=e3.entropy_target,
+                   target_steps=e3.entropy_target_steps, ema=e3.entropy_ema,
+                   t_min=e3.temperature_min, t_max=e3.temperature_max,
+                   anneal_fraction=e3.anneal_fraction, anneal_ratio=e3.anneal_ratio)
 
     def current_target(self, step: int) -> float | None:
         if self.target is None:

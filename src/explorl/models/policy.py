@@ -95,6 +95,35 @@ def load_model(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel
     return model
 
 
+def build_policy(cfg) -> tuple[PreTrainedModel, PreTrainedModel | None]:
+    """The model to train (LoRA adapters, activation checkpointing and no dropout, as ``cfg``
+    asks) and the frozen reference for the KL term, loaded only when ``beta > 0`` (under LoRA
+    the reference is the base model with adapters off: no second copy)."""
+    from explorl.models import lora
+
+    model = load_model(cfg.model)
+    if cfg.lora_r:
+        targets = cfg.lora_target_modules  # PEFT wants its shorthand as a bare string
+        model = lora.apply_lora(model, cfg.lora_r, cfg.lora_alpha, 0.0,
+                                "all-linear" if targets == ["all-linear"] else targets)
+    if cfg.gradient_checkpointing:  # the newer name first (transformers 5.x)
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable({"use_reentrant": False})
+    disable_dropout(model)
+    model.train()
+    ref = None
+    if cfg.beta > 0 and not cfg.lora_r:
+        ref = load_model(cfg.model).eval().requires_grad_(False)
+    return model, ref
+
+
+def precision(model: torch.nn.Module, bf16: bool):
+    """bf16 autocast for forward passes when ``bf16``; float32 otherwise."""
+    return torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
 def disable_dropout(model: torch.nn.Module) -> None:
     """Dropout would make the log-probs of the update differ from those the samples were drawn
     with; RL fine-tuning turns it off (as TRL does by default)."""

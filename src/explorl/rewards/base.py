@@ -4,6 +4,9 @@
 ``None`` means the function does not apply to that sample; the weighted sum skips it. A function
 that raises, returns the wrong number of values, or returns NaN/inf makes the affected samples'
 rewards unknown: they are masked out of the advantage and the loss, and counted.
+
+A graded reward (:class:`GradedReward`, e.g. a rubric) also says which criteria each completion
+met; the first one's grades travel with the rewards, for hindsight.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from explorl.data.loaders import columns_of
 from explorl.errors import UserError
 
 BUILTIN = {
@@ -60,14 +65,49 @@ def resolve(spec) -> tuple[str, Callable]:
     return (spec if spec in BUILTIN else attr), fn
 
 
+@runtime_checkable
+class GradedReward(Protocol):
+    """A reward that also grades each completion criterion by criterion."""
+
+    def grade(self, prompts: list, completions: list, completion_ids: list | None = None,
+              **columns) -> list[Any]:
+        """Per completion, a grade with ``verdicts`` (one bool per criterion) and ``num_met``,
+        or ``None`` where it could not be graded."""
+        ...
+
+    def value(self, grade: Any) -> float:
+        """The scalar reward of a grade (NaN for ``None``)."""
+        ...
+
+
 @dataclass
 class Rewards:
     total: torch.Tensor  # [N] weighted sum; NaN where the reward is unknown (masked)
     per_func: dict[str, torch.Tensor]  # name -> [N], NaN where None or failed
     masked: int  # samples whose reward is unknown (a function failed, or none applied)
     errors: list[str]  # one line per failure, for the log
-    grades: list | None = None  # per-criterion grades of the first rubric reward, if any
+    grades: list | None = None  # per-criterion grades of the first graded reward, if any
     failed: int = 0  # samples where a function raised or gave a non-finite/unusable value
+
+    @classmethod
+    def concat(cls, parts: list[Rewards]) -> Rewards:
+        """Rows of ``parts`` in order (one batch scored in pieces)."""
+        grades = None if any(p.grades is None for p in parts) else [
+            g for p in parts for g in p.grades]
+        return cls(torch.cat([p.total for p in parts]),
+                   {k: torch.cat([p.per_func[k] for p in parts]) for k in parts[0].per_func},
+                   sum(p.masked for p in parts), [e for p in parts for e in p.errors], grades,
+                   sum(p.failed for p in parts))
+
+
+def _call(fn: Callable, n: int, kwargs: dict) -> tuple[list, list | None]:
+    """The values of one reward function, and its grades if it is a graded reward."""
+    if isinstance(fn, GradedReward):
+        grades = list(fn.grade(**kwargs))
+        if len(grades) != n:
+            raise ValueError(f"graded {len(grades)} of {n} completions")
+        return [fn.value(g) for g in grades], grades
+    return list(fn(**kwargs)), None
 
 
 def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], prompts: list,
@@ -78,14 +118,14 @@ def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], pro
     applies = torch.zeros(n, dtype=torch.bool)
     bad = torch.zeros(n, dtype=torch.bool)
     per_func, errors, grades = {}, [], None
+    kwargs = dict(prompts=prompts, completions=completions, completion_ids=completion_ids,
+                  **columns)
     for (name, fn), w in zip(funcs, weights):
         values = torch.full((n,), math.nan, dtype=torch.float64)
         try:
-            out = fn(prompts=prompts, completions=completions, completion_ids=completion_ids,
-                     **columns)
-            if grades is None and getattr(out, "grades", None) is not None:
-                grades = out.grades if len(out.grades) == n else None
-            out = list(out)
+            out, graded = _call(fn, n, kwargs)
+            if grades is None:
+                grades = graded
             if len(out) != n:
                 raise ValueError(f"returned {len(out)} values for {n} completions")
         except Exception as e:  # noqa: BLE001 - a faulty reward must not kill the run
@@ -115,3 +155,32 @@ def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], pro
     total[masked] = math.nan
     return Rewards(total.float(), {k: v.float() for k, v in per_func.items()},
                    int(masked.sum()), errors, grades, int(bad.sum()))
+
+
+class Scorer:
+    """The run's reward: weighted reward functions over completions, and which samples pass.
+
+    ``funcs`` are (name, function) pairs, ``weights`` one per function; ``codec`` shapes each
+    completion as its prompt's layout wants (plain text or a message list); a sample passes when
+    the first function gives at least ``threshold``."""
+
+    def __init__(self, funcs: list[tuple[str, Callable]], weights: list[float], codec,
+                 threshold: float = 1.0):
+        self.funcs, self.weights, self.codec, self.threshold = funcs, weights, codec, threshold
+
+    @property
+    def graded(self) -> bool:
+        return any(isinstance(fn, GradedReward) for _, fn in self.funcs)
+
+    def __call__(self, rows: list[dict], texts: list[str],
+                 completion_ids: list[list[int]]) -> Rewards:
+        """Rewards of ``texts``, the completions of ``rows`` (one data row per sample)."""
+        prompts = [r["prompt"] for r in rows]
+        completions = [self.codec.completion(p, t) for p, t in zip(prompts, texts)]
+        return compute_rewards(self.funcs, self.weights, prompts, completions, completion_ids,
+                               columns_of(rows))
+
+    def passed(self, rewards: Rewards) -> torch.Tensor:
+        """Correct samples: the first reward function at or above the threshold."""
+        first = next(iter(rewards.per_func.values()))
+        return (first >= self.threshold) & ~first.isnan()

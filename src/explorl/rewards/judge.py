@@ -128,7 +128,7 @@ class _Stats:
 
 def _check_policy(on_failure: str) -> None:
     if on_failure not in FAILURE_POLICIES:
-        raise UserError(f"judge_on_failure: {on_failure!r} is not one of "
+        raise UserError(f"judge.on_failure: {on_failure!r} is not one of "
                         f"{', '.join(FAILURE_POLICIES)}")
 
 
@@ -173,14 +173,14 @@ class HTTPJudge(_CountingJudge):
                  temperature: float = 0.0, on_failure: str = "mask", backoff: float = 0.5):
         url = urlparse(base_url or "")
         if url.scheme not in ("http", "https") or not url.hostname:
-            raise UserError(f"judge_url: {base_url!r} is not an http:// or https:// URL")
+            raise UserError(f"judge.url: {base_url!r} is not an http:// or https:// URL")
         super().__init__(on_failure)
         if timeout <= 0 or retries < 0 or max_concurrency < 1 or backoff < 0:
             raise UserError("judge: timeout must be > 0, retries >= 0, max_concurrency >= 1 "
                             "and backoff >= 0")
         key = os.environ.get(api_key_env, "").strip()
         if not key:
-            raise UserError(f"judge_api_key_env: environment variable {api_key_env} is not set")
+            raise UserError(f"judge.api_key_env: environment variable {api_key_env} is not set")
         self._key = key
         self.endpoint = base_url.rstrip("/") + "/chat/completions"
         self.model = model
@@ -322,3 +322,20 @@ class HFJudge(_CountingJudge):
             self.model.train(was_training)
         rows = out[:, prompt_ids.shape[1]:].tolist()
         return [tok.decode(row, skip_special_tokens=True) for row in rows]
+
+
+def build_judge(cfg, rows: list[dict]):
+    """The judge a :class:`explorl.config.JudgeConfig` describes, when ``rows`` have a criterion
+    checked by ``judge``; else ``None``."""
+    if not any(c.judged for r in rows for c in r.get("rubric") or []):
+        return None
+    if cfg.local_model:
+        from explorl.models.policy import load_model, load_tokenizer
+
+        return HFJudge(load_model(cfg.local_model).eval(), load_tokenizer(cfg.local_model),
+                       on_failure=cfg.on_failure)
+    if not cfg.url or not cfg.model:
+        raise UserError("judge.url: the rubric has criteria checked by 'judge'; set judge.url "
+                        "and judge.model (or judge.local_model)")
+    return HTTPJudge(cfg.url, cfg.model, cfg.api_key_env, cfg.timeout, cfg.retries,
+                     cfg.concurrency, on_failure=cfg.on_failure)

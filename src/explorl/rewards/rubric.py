@@ -183,16 +183,10 @@ class Grade:
         return sum(self.verdicts)
 
 
-class Scores(list):
-    """A reward function's scalars, with the grades they came from (``None``: not graded)."""
-
-    def __init__(self, values, grades: list[Grade | None]):
-        super().__init__(values)
-        self.grades = grades
-
-
 class RubricReward:
-    """A TRL-signature reward over a ``rubric`` column (or ``rubric_fn(row) -> criteria``).
+    """A TRL-signature reward over a ``rubric`` column (or ``rubric_fn(row) -> criteria``),
+    and a :class:`explorl.rewards.base.GradedReward`: :meth:`grade` keeps the per-criterion
+    verdicts that hindsight needs.
 
     ``mode``: ``dense`` (weighted fraction met, default) or ``strict`` (1 if all met). Judged
     criteria go to ``judge`` (an object with ``verdicts(items)``, see
@@ -212,7 +206,11 @@ class RubricReward:
         raw = columns.get("rubric") or [None] * n
         return [r if r is None or _is_parsed(r) else parse_rubric(r, "rubric") for r in raw]
 
-    def grade(self, prompts: list, completions: list, rubrics: list) -> list[Grade | None]:
+    def grade(self, prompts: list, completions: list, completion_ids=None,
+              **columns) -> list[Grade | None]:
+        """Per completion, its :class:`Grade` against its row's rubric (``None``: no rubric, or
+        the judge could not grade it)."""
+        rubrics = self.rubrics_of(len(completions), columns)
         texts = [_text(c) for c in completions]
         grades: list[Grade | None] = []
         judged: list[tuple[int, list[int]]] = []
@@ -233,7 +231,7 @@ class RubricReward:
     def _ask_judge(self, prompts, texts, rubrics, grades, judged) -> None:
         if self.judge is None:
             raise UserError("rubric: a criterion has check 'judge' but no judge is configured "
-                            "(set judge_url and judge_model, or judge_local_model)")
+                            "(set judge.url and judge.model, or judge.local_model)")
         from explorl.rewards.judge import JudgeItem
 
         items = [JudgeItem(_text(prompts[i]), texts[i],
@@ -246,11 +244,13 @@ class RubricReward:
             for j, v in zip(js, verdicts):
                 grades[i].verdicts[j] = bool(v)
 
-    def __call__(self, prompts, completions, completion_ids=None, **columns) -> Scores:
-        grades = self.grade(prompts, completions, self.rubrics_of(len(completions), columns))
-        values = [math.nan if g is None else (g.strict if self.mode == "strict" else g.dense)
-                  for g in grades]
-        return Scores(values, grades)
+    def value(self, grade: Grade | None) -> float:
+        if grade is None:
+            return math.nan
+        return grade.strict if self.mode == "strict" else grade.dense
+
+    def __call__(self, prompts, completions, completion_ids=None, **columns) -> list[float]:
+        return [self.value(g) for g in self.grade(prompts, completions, **columns)]
 
 
 def _is_parsed(rubric) -> bool:
@@ -269,4 +269,4 @@ def degenerate(text: str, max_repeats: int = 8) -> bool:
     return re.search(rf"(.{{1,4}}?)\1{{{max_repeats},}}", text, re.S) is not None
 
 
-__all__ = ["RULES", "Criterion", "Grade", "RubricReward", "Scores", "parse_rubric"]
+__all__ = ["RULES", "Criterion", "Grade", "RubricReward", "parse_rubric"]

@@ -2,12 +2,14 @@
 
 A request is a list of tokenised prompts, how many samples each gets and the temperature each is
 drawn at. Counts and temperatures may differ per prompt: E3 gives harder prompts more samples and
-changes the temperature between steps; HeRL samples revisions at its own temperature.
+changes the temperature between steps; HeRL samples revisions at its own temperature. An engine
+also decodes greedily, for evaluation and test-time revision. The trainer, evaluation and
+``improve`` take any object with these two methods.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Protocol
 
 import torch
@@ -38,6 +40,47 @@ class Rollout:
     def lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
 
+    def completions(self) -> list[list[int]]:
+        """Each row's completion token ids, without padding."""
+        return [row[: int(n)] for row, n in zip(self.completion_ids.tolist(),
+                                                self.lengths.tolist())]
+
+    def prompt(self, i: int) -> list[int]:
+        """Row ``i``'s prompt token ids, without padding."""
+        return self.prompt_ids[i][self.prompt_mask[i].bool()].tolist()
+
+    def select(self, rows) -> Rollout:
+        """The rows ``rows`` (a slice, indices or a bool mask), every field alike."""
+        return Rollout(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @classmethod
+    def empty(cls) -> Rollout:
+        ids = torch.zeros(0, 0, dtype=torch.long)
+        return cls(ids, ids, ids, ids, torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                   torch.zeros(0, dtype=torch.bool))
+
+    @classmethod
+    def concat(cls, parts: list[Rollout], pad_id: int) -> Rollout:
+        """Rows of ``parts`` in order (prompts re-left-padded, completions right-padded to the
+        widest); group ids are kept as they are."""
+        parts = [p for p in parts if len(p)] or parts[:1]
+        width_p = max(p.prompt_ids.shape[1] for p in parts)
+        width_c = max(p.completion_ids.shape[1] for p in parts)
+
+        def left(t, fill):
+            return torch.nn.functional.pad(t, (width_p - t.shape[1], 0), value=fill)
+
+        def right(t, fill):
+            return torch.nn.functional.pad(t, (0, width_c - t.shape[1]), value=fill)
+
+        return cls(torch.cat([left(p.prompt_ids, pad_id) for p in parts]),
+                   torch.cat([left(p.prompt_mask, 0) for p in parts]),
+                   torch.cat([right(p.completion_ids, pad_id) for p in parts]),
+                   torch.cat([right(p.completion_mask, 0) for p in parts]),
+                   torch.cat([p.temperatures for p in parts]),
+                   torch.cat([p.group_ids for p in parts]),
+                   torch.cat([p.truncated for p in parts]))
+
 
 class RolloutEngine(Protocol):
     def generate(
@@ -46,7 +89,13 @@ class RolloutEngine(Protocol):
         num_samples: list[int],
         temperatures: list[float],
         max_new_tokens: int,
-    ) -> Rollout: ...
+    ) -> Rollout:
+        """``num_samples[i]`` samples of ``prompts[i]`` at ``temperatures[i]`` each."""
+        ...
+
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """The greedy completion of each prompt (token ids up to, not including, EOS)."""
+        ...
 
 
 class _RowTemperature(LogitsProcessor):
@@ -81,19 +130,24 @@ def completion_mask_from(completion_ids: torch.Tensor,
 
 
 class HFEngine:
-    """Sampling with ``model.generate`` (KV cache), per-row temperatures, ``top_p`` and EOS."""
+    """Sampling with ``model.generate`` (KV cache), per-row temperatures, ``top_p`` and EOS.
 
-    def __init__(self, model, tokenizer, top_p: float = 1.0, generation_batch_size: int = 0):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.top_p = top_p
+    ``generation_batch_size`` rows are sampled at a time (0: all at once); greedy decoding runs
+    ``greedy_batch_size`` prompts at a time (default 256)."""
+
+    def __init__(self, model, tokenizer, top_p: float = 1.0, generation_batch_size: int = 0,
+                 greedy_batch_size: int = 256):
+        self.model, self.tokenizer, self.top_p = model, tokenizer, top_p
         self.generation_batch_size = generation_batch_size
+        self.greedy_batch_size = greedy_batch_size
         eos = tokenizer.eos_token_id
         extra = getattr(model.generation_config, "eos_token_id", None)
         ids = [eos] + (extra if isinstance(extra, list) else [extra] if extra is not None else [])
         self.eos_ids = sorted({i for i in ids if i is not None})
 
     def generate(self, prompts, num_samples, temperatures, max_new_tokens) -> Rollout:
+        if not sum(num_samples):
+            return Rollout.empty()
         rows, temps, groups = [], [], []
         for g, (p, n, t) in enumerate(zip(prompts, num_samples, temperatures)):
             rows += [p] * n
@@ -132,6 +186,10 @@ class HFEngine:
         )
         self.model.train(was_training)
         return out[:, ids.shape[1]:]
+
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        return greedy(self.model, self.tokenizer, prompts, max_new_tokens,
+                      self.greedy_batch_size)
 
 
 @torch.no_grad()

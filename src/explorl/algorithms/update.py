@@ -1,0 +1,175 @@
+"""The policy update: one optimizer step over this process's rows of a batch, in micro-batches.
+
+The loss of each micro-batch is the algorithm's per-token policy loss (revision rows: HeRL's
+shaped loss instead), plus ``beta`` times the KL to the reference, minus ``entropy_coef`` times
+the entropy, aggregated with whole-batch counts: micro-batches and processes add up to exactly
+the loss of the whole batch. A step whose loss or gradient is not finite is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+
+from explorl.algorithms.base import Algorithm
+from explorl.algorithms.losses import Normalizer, aggregate, kl_estimate
+from explorl.batch import TrainBatch, UpdateBatch
+from explorl.models import lora
+from explorl.models.policy import TokenStats, completion_logprobs, precision
+from explorl.rollout.engine import Rollout
+
+log = logging.getLogger("explorl")
+SUMMED = ("loss", "kl", "entropy", "entropy_t1", "clip_fraction", "loss/on_policy",
+          "loss/off_policy")
+
+RevisionLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class PolicyUpdate:
+    """Owns what the update needs besides the algorithm: the model (``model`` to read,
+    ``train_model`` the prepared one to train through), the frozen reference (``ref_model``, or
+    the LoRA base), the optimizer and the process group ``dist``. ``revision_loss(logps,
+    behaviour_logps, advantages)`` is the per-token loss of off-policy (revision) rows."""
+
+    def __init__(self, cfg, model, train_model, ref_model, optimizer, dist,
+                 algorithm: Algorithm, revision_loss: RevisionLoss | None = None,
+                 entropy_at_one: bool = False):
+        self.cfg, self.model, self.train_model, self.ref_model = cfg, model, train_model, ref_model
+        self.optimizer, self.dist, self.algorithm = optimizer, dist, algorithm
+        self.revision_loss, self.entropy_at_one = revision_loss, entropy_at_one
+
+    # --- before the update: this process's rows and their log-probs ----------------------------
+    def prepare(self, batch: TrainBatch, advantages: torch.Tensor,
+                loss_mask: torch.Tensor) -> UpdateBatch:
+        """This process's balanced share of the batch's rows, with the old log-probs (when the
+        policy changes between iterations) and the reference's (when ``beta > 0``)."""
+        rows = self.dist.share(len(batch))
+        rollout = batch.rollout.select(rows)
+        norm = Normalizer(len(batch), int(loss_mask.sum()), self.cfg.max_completion_length)
+
+        def own(t):
+            return None if t is None else t[rows]
+
+        return UpdateBatch(rollout, advantages[rows], loss_mask[rows], self._old_logps(rollout),
+                           self._ref_logps(rollout), own(batch.revision),
+                           own(batch.behaviour_logps), norm,
+                           int(batch.rollout.completion_mask.sum()))
+
+    @torch.no_grad()
+    def logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """The policy's log-probs of a rollout's completion tokens (no gradient)."""
+        return self._stats(self.model, rollout, with_entropy=False).logps
+
+    def _old_logps(self, rollout: Rollout) -> torch.Tensor | None:
+        # With one update per batch the ratio is exactly 1: no need to store anything.
+        return self.logprobs(rollout) if self.cfg.num_iterations > 1 else None
+
+    @torch.no_grad()
+    def _ref_logps(self, rollout: Rollout) -> torch.Tensor | None:
+        if self.cfg.beta > 0 and self.cfg.lora_r:  # the reference is the base, adapters off
+            with lora.adapters_disabled(self.model):
+                return self._stats(self.model, rollout, with_entropy=False).logps
+        if self.ref_model is None:
+            return None
+        return self._stats(self.ref_model, rollout, with_entropy=False).logps
+
+    def _stats(self, model, rollout: Rollout, rows=slice(None), with_entropy: bool | str = True,
+               entropy_at_one: bool = False) -> TokenStats:
+        with precision(self.model, self.cfg.bf16):
+            return completion_logprobs(
+                model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
+                rollout.completion_ids[rows], rollout.completion_mask[rows],
+                rollout.temperatures[rows], with_entropy=with_entropy,
+                entropy_at_one=entropy_at_one)
+
+    # --- the update ----------------------------------------------------------------------------
+    def step(self, batch: UpdateBatch, lr: float) -> dict:
+        """``num_iterations`` optimizer steps over the batch at learning rate ``lr``; the
+        metrics of the last."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for _ in range(self.cfg.num_iterations):
+            metrics = self._one_step(batch)
+        return metrics
+
+    def _one_step(self, batch: UpdateBatch) -> dict:
+        # Forward and backward passes are collective under DDP/FSDP: every process makes as many
+        # as the one with the most rows, the others adding zero-weight passes over a row.
+        most_rows = math.ceil(batch.norm.num_sequences / self.dist.world)
+        size = self.cfg.micro_batch_size or max(most_rows, 1)
+        chunks = [slice(s, s + size) for s in range(0, len(batch), size)]
+        most = math.ceil(most_rows / size)
+        fillers = [slice(0, 1)] * (most - len(chunks))
+        sums = dict.fromkeys(SUMMED, 0.0)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, rows in enumerate(chunks + fillers):
+            loss, parts = self._chunk_loss(batch, rows, filler=i >= len(chunks))
+            self.dist.backward(loss, last=i == len(chunks) + len(fillers) - 1)
+            for key, value in parts.items():
+                sums[key] += value
+        sums = dict(zip(sums, self.dist.sum(*sums.values())))  # the whole batch's
+        # One bad batch must not poison the weights or Adam's moments.
+        grad_norm, skipped = self.dist.step(self.optimizer, self.cfg.max_grad_norm,
+                                            math.isfinite(sums["loss"]))
+        if skipped:
+            log.warning("non-finite loss or gradient: update skipped")
+        return self._metrics(sums, batch, grad_norm, skipped)
+
+    def _chunk_loss(self, batch: UpdateBatch, rows: slice,
+                    filler: bool) -> tuple[torch.Tensor, dict]:
+        """The loss of one micro-batch and its parts (sums over its tokens)."""
+        cfg = self.cfg
+        mask, full = batch.loss_mask[rows], batch.rollout.completion_mask[rows]
+        if filler:
+            mask, full = torch.zeros_like(mask), torch.zeros_like(full)
+        stats = self._stats(self.train_model, batch.rollout, rows,
+                            with_entropy="grad" if cfg.entropy_coef else True,
+                            entropy_at_one=self.entropy_at_one)
+        logps, advantages = stats.logps, batch.advantages[rows]
+        old = logps.detach() if batch.old_logps is None else batch.old_logps[rows]
+        per_token, clipped = self.algorithm.policy_loss(logps, old, advantages, mask)
+        revised = None  # [n, 1] bool: rows holding a revision
+        if batch.revision is not None and batch.revision[rows].any():
+            revised = batch.revision[rows].unsqueeze(-1)
+            if batch.behaviour_logps is not None:
+                old = torch.where(revised, batch.behaviour_logps[rows], old)
+            per_token = torch.where(revised, self.revision_loss(logps, old, advantages),
+                                    per_token)
+            clipped = clipped & ~revised
+        parts = {}
+        if batch.ref_logps is not None:
+            kl = kl_estimate(logps, batch.ref_logps[rows], cfg.kl_estimator)
+            per_token = per_token + cfg.beta * kl
+            parts["kl"] = float((kl.detach() * mask).sum())
+        if cfg.entropy_coef:
+            per_token = per_token - cfg.entropy_coef * stats.entropy
+        loss = aggregate(per_token, mask, cfg.loss_type, batch.norm)
+        parts["loss"] = float(loss.detach())
+        if batch.revision is not None:
+            off_policy = mask * revised.long() if revised is not None else torch.zeros_like(mask)
+            parts["loss/off_policy"] = float(aggregate(per_token.detach(), off_policy,
+                                                       cfg.loss_type, batch.norm))
+            parts["loss/on_policy"] = float(aggregate(per_token.detach(), mask - off_policy,
+                                                      cfg.loss_type, batch.norm))
+        parts["entropy"] = float((stats.entropy.detach() * full).sum())
+        if stats.entropy_t1 is not None:
+            parts["entropy_t1"] = float((stats.entropy_t1 * full).sum())
+        parts["clip_fraction"] = float((clipped.float() * mask).sum())
+        return loss, parts
+
+    def _metrics(self, sums: dict, batch: UpdateBatch, grad_norm: float, skipped: bool) -> dict:
+        tokens = max(batch.norm.num_tokens, 1)
+        generated = max(batch.generated_tokens, 1)
+        out = {"loss": sums["loss"], "kl": sums["kl"] / tokens,
+               "entropy": sums["entropy"] / generated,
+               "clip_fraction": sums["clip_fraction"] / tokens, "grad_norm": float(grad_norm),
+               "update_skipped": int(skipped)}
+        if self.entropy_at_one:
+            out["entropy_t1"] = sums["entropy_t1"] / generated
+        if batch.revision is not None:
+            out["loss/on_policy"] = sums["loss/on_policy"]
+            out["loss/off_policy"] = sums["loss/off_policy"]
+        return out

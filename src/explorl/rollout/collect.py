@@ -1,0 +1,63 @@
+"""Collect: generate completions for a request and score them, as one :class:`ScoredBatch`.
+
+Under several processes each process generates and scores a contiguous share of the request's
+prompts, and the scored shares are gathered once, so every process holds the whole batch in
+the request's order: advantages, HeRL, controllers and metrics then run on the whole batch,
+identically everywhere. In one process nothing is gathered.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from explorl.batch import ScoredBatch
+from explorl.rewards.base import Rewards, Scorer
+from explorl.rollout.engine import Rollout, RolloutEngine
+
+
+class Collector:
+    """``collect(rows, prompt_ids, counts, temperatures, max_new_tokens) -> ScoredBatch``:
+    ``counts[i]`` samples of prompt ``i`` (``rows[i]`` its data row, ``prompt_ids[i]`` its
+    tokens) at ``temperatures[i]``."""
+
+    def __init__(self, engine: RolloutEngine, scorer: Scorer, tokenizer, dist):
+        self.engine, self.scorer, self.tokenizer, self.dist = engine, scorer, tokenizer, dist
+
+    def __call__(self, rows: list[dict], prompt_ids: list[list[int]], counts: list[int],
+                 temperatures: list[float], max_new_tokens: int) -> ScoredBatch:
+        share = self.dist.share(len(rows))  # this process's prompts
+        t0 = time.perf_counter()
+        rollout = self.engine.generate(prompt_ids[share], counts[share], temperatures[share],
+                                       max_new_tokens)
+        t1 = time.perf_counter()
+        ids = rollout.completions()
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        sample_rows = [rows[share][g] for g in rollout.group_ids.tolist()]
+        rewards = self.scorer(sample_rows, texts, ids) if ids else self._no_rewards()
+        t2 = time.perf_counter()
+        local = ScoredBatch(rollout, rows, texts, rewards, self.scorer.passed(rewards),
+                            {"generate": t1 - t0, "reward": t2 - t1})
+        return self._gathered(local, share.start)
+
+    def _no_rewards(self) -> Rewards:
+        """What scoring no sample gives (a process whose share of a request is empty)."""
+        empty = torch.zeros(0)
+        return Rewards(empty, {name: empty for name, _ in self.scorer.funcs}, 0, [],
+                       [] if self.scorer.graded else None)
+
+    def _gathered(self, local: ScoredBatch, first_prompt: int) -> ScoredBatch:
+        """Every process's share joined in rank order, group ids counted over the request."""
+        if self.dist.world == 1:
+            return local
+        parts = self.dist.gather((local.rollout, first_prompt, local.texts, local.rewards,
+                                  local.passed))
+        rollouts = []
+        for rollout, first, *_ in parts:
+            rollout.group_ids = rollout.group_ids + first
+            rollouts.append(rollout)
+        return ScoredBatch(Rollout.concat(rollouts, self.tokenizer.pad_token_id), local.rows,
+                           [t for p in parts for t in p[2]],
+                           Rewards.concat([p[3] for p in parts]),
+                           torch.cat([p[4] for p in parts]), local.seconds)
