@@ -188,3 +188,43 @@ def test_gpu_and_sharded_runs_are_refused_clearly(monkeypatch, env, cuda, match)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     with pytest.raises(UserError, match=match):
         Parallel()
+
+
+def test_sigterm_to_one_process_stops_all_at_a_step_with_one_checkpoint(tmp_path):
+    """Every process finishes the step in flight; they agree to stop, write one checkpoint and
+    print one line; the same command resumes."""
+    import signal
+    import time
+
+    import psutil
+
+    run, calls = tmp_path / "run", tmp_path / "calls"
+    args = ["-m", "explorl.cli", "train", f"output_dir={run}", "max_steps=6",
+            "prompts_per_step=2", "num_generations=2", "eval_size=8", "eval_every=0",
+            "task_train_size=50", "progress=false", "plots=false", "save_every=100",
+            "reward_funcs=tests.helpers.rewards:slow_exact"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT),
+               EXPLORL_TEST_CALLS=str(calls))
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "configs/accelerate/ddp_cpu.yaml"), *args]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    start = time.monotonic()
+    while not (calls.exists() and len(calls.read_text().splitlines()) >= 6):
+        assert proc.poll() is None and time.monotonic() - start < 150
+        time.sleep(0.02)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "explorl.cli" in " ".join(p.cmdline())]
+    assert len(workers) == 2
+    workers[-1].send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=150)
+    lines = [x for x in err.splitlines() if x.startswith("explorl:")]
+    assert len(lines) == 1 and lines[0].startswith("explorl: interrupted: SIGTERM: saved step")
+    step = int(lines[0].split("saved step ")[1].split()[0])
+    assert 1 <= step < 6 and (run / f"checkpoint-{step}").exists()
+    assert [r["step"] for r in metrics(run)] == list(range(1, step + 1))
+    env.pop("EXPLORL_TEST_CALLS")
+    launch(args, tmp_path)  # the same command resumes
+    assert [r["step"] for r in metrics(run)] == list(range(1, 7))

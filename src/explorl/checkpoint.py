@@ -77,6 +77,22 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer_sd: di
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(tmp, step, model, tokenizer, optimizer_sd, trainer_state, model_state)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never a half-written folder left to find
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(run_dir)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write(tmp: Path, step: int, model, tokenizer, optimizer_sd: dict, trainer_state: dict,
+           model_state: dict | None) -> None:
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
     tokenizer.save_pretrained(tmp)
@@ -87,13 +103,6 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer_sd: di
     state = {"step": step, "optimizer": opt_meta, "rng": rng_meta, "trainer": trainer_state}
     (tmp / "state.json").write_text(json.dumps(state))
     _fsync_dir(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync_dir(run_dir)
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def _fsync_dir(path: Path) -> None:

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from explorl.errors import TrainingStopped, UserError
+from explorl.errors import Interrupted, TrainingStopped, UserError
 
 
 def _quiet() -> None:
@@ -231,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingStopped as e:
         print(f"explorl: stopped: {e}", file=sys.stderr)
         return 3
+    except Interrupted as e:
+        if not e.quiet:  # one line per run, not one per process
+            print(f"explorl: interrupted: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("explorl: interrupted", file=sys.stderr)
         return 130

@@ -267,6 +267,13 @@ class Parallel:
         dist.all_reduce(t)
         return tuple(t.tolist())
 
+    def max(self, value: int) -> int:
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.long, device=self.accelerator.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t)
+
     def gather(self, obj) -> list:
         """Every process's ``obj``, in rank order."""
         if self.world == 1:

@@ -15,3 +15,15 @@ class TrainingStopped(Exception):
     A checkpoint of the last completed step is written first; the CLI prints
     ``explorl: stopped: <message>`` and exits with code 3.
     """
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT ended a run; a checkpoint of the last completed step was written.
+
+    The CLI prints ``explorl: interrupted: <message>`` and exits with ``128 + signum`` (143 for
+    SIGTERM, 130 for SIGINT), as a process ended by that signal would.
+    """
+
+    def __init__(self, signum: int, message: str, quiet: bool = False):
+        super().__init__(message)
+        self.signum, self.quiet = signum, quiet  # quiet: a process other than the first

@@ -30,11 +30,12 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def _correct(reward_fn, rows: list[dict], prompts: list, texts: list[str], ids: list[list[int]],
-             threshold: float, codec: PromptCodec, grades: list | None = None) -> list[bool]:
+             threshold: float, codec: PromptCodec, grades: list | None = None,
+             timeout: float | None = None) -> list[bool]:
     """Correct samples (NaN, unknown, counts as wrong); rubric grades go into ``grades``."""
     columns = columns_of(rows)
     completions = [codec.completion(p, t) for p, t in zip(prompts, texts)]
-    rewards = compute_rewards([reward_fn], [1.0], prompts, completions, ids, columns)
+    rewards = compute_rewards([reward_fn], [1.0], prompts, completions, ids, columns, timeout)
     if grades is not None and rewards.grades is not None:
         grades += rewards.grades
     return [bool(v >= threshold) for v in rewards.total.tolist()]
@@ -44,7 +45,8 @@ def _correct(reward_fn, rows: list[dict], prompts: list, texts: list[str], ids: 
 def evaluate(engine: RolloutEngine, tokenizer, rows: list[dict],
              reward_fn: tuple[str, Callable], max_new_tokens: int,
              pass_k: tuple[int, ...] = (), temperature: float = 1.0, threshold: float = 1.0,
-             codec: PromptCodec | None = None, batch_size: int = 256) -> dict:
+             codec: PromptCodec | None = None, batch_size: int = 256,
+             reward_timeout: float | None = None) -> dict:
     """Greedy accuracy (overall and per ``level`` when rows have one), plus pass@k and avg@n
     from ``n = max(pass_k)`` samples per prompt at ``temperature`` when ``pass_k`` is given,
     sampled ``batch_size`` rows at a time by ``engine``."""
@@ -54,7 +56,7 @@ def evaluate(engine: RolloutEngine, tokenizer, rows: list[dict],
     ids = engine.greedy(encoded, max_new_tokens)
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     grades: list = []
-    ok = _correct(reward_fn, rows, prompts, texts, ids, threshold, codec, grades)
+    ok = _correct(reward_fn, rows, prompts, texts, ids, threshold, codec, grades, reward_timeout)
     result: dict = {"accuracy": float(np.mean(ok)), "n": len(rows)}
     if grades:  # rubric rewards: the weighted share of criteria met, too
         result["dense"] = float(np.mean([g.dense if g else 0.0 for g in grades]))
@@ -76,7 +78,7 @@ def evaluate(engine: RolloutEngine, tokenizer, rows: list[dict],
             rep_rows = [rows[s + int(g)] for g in out.group_ids]
             rep_prompts = [r["prompt"] for r in rep_rows]
             good = _correct(reward_fn, rep_rows, rep_prompts, sample_texts, sample_ids,
-                            threshold, codec)
+                            threshold, codec, timeout=reward_timeout)
             np.add.at(counts, s + out.group_ids.numpy(), np.array(good, dtype=int))
         result["pass_at_k"] = {str(k): float(np.mean([pass_at_k(n, int(c), k) for c in counts]))
                                for k in sorted(pass_k)}

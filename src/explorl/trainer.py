@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -28,15 +29,17 @@ from explorl.config import TrainConfig, save_config, validate
 from explorl.data.prompts import PromptCodec
 from explorl.data.tasks import PromptSampler, load_task
 from explorl.distributed import Parallel
-from explorl.errors import TrainingStopped, UserError
+from explorl.errors import Interrupted, TrainingStopped, UserError
 from explorl.evaluation import evaluate
 from explorl.exploration.budget import RolloutBudget
 from explorl.exploration.hindsight import Hindsight, template_for
 from explorl.exploration.temperature import EntropyKeeper
 from explorl.failures import FailurePolicy
+from explorl.interrupts import Interrupts, StepAbandoned
 from explorl.metrics import step_metrics
 from explorl.models import lora
 from explorl.models.policy import build_policy, load_tokenizer, precision
+from explorl.output_lock import OutputLock
 from explorl.rewards.base import Scorer, resolve
 from explorl.rewards.judge import build_judge
 from explorl.rewards.rubric import RubricReward
@@ -125,8 +128,10 @@ class Trainer:
             entropy_at_one=self.adaptive_temperature is not None)
         self.prompts = PromptSampler(len(self.train_rows), cfg.prompts_per_step, cfg.seed)
         self.failures = FailurePolicy(cfg.reward_failure_limit, cfg.nonfinite_limit)
+        self.interrupts = Interrupts()
+        self.update.before_apply = self.interrupts.close  # weights change: no abandoning now
         self.out = Path(cfg.output_dir)
-        self.step_done, self.tokens_total = 0, 0
+        self.step_done, self.tokens_total, self.saved_step = 0, 0, None
         self.before: dict | None = None
 
     # --- set-up ------------------------------------------------------------------------------
@@ -137,7 +142,7 @@ class Trainer:
         funcs = unique_names([("rubric", self.rubric) if s == "rubric" else resolve(s)
                               for s in cfg.reward_funcs or [default_reward]])
         scorer = Scorer(funcs, cfg.reward_weights or [1.0] * len(funcs), self.codec,
-                        cfg.success_threshold)
+                        cfg.success_threshold, cfg.reward_timeout)
         if cfg.uses("herl") and not (scorer.graded and "rubric" in self.train_rows[0]):
             raise UserError("method: herl needs the 'rubric' reward (reward_funcs: [rubric]) or "
                             "another graded reward, and data with a 'rubric' column")
@@ -232,7 +237,8 @@ class Trainer:
         return evaluate(self.engine, self.tokenizer, self.eval_rows, self.scorer.funcs[0],
                         self.cfg.max_completion_length, pass_k=tuple(pass_k),
                         temperature=self.cfg.eval_temperature,
-                        threshold=self.cfg.success_threshold, codec=self.codec)
+                        threshold=self.cfg.success_threshold, codec=self.codec,
+                        reward_timeout=self.cfg.reward_timeout)
 
     def evaluate_on_main(self, pass_k: list[int] | tuple = ()) -> dict | None:
         """Evaluation by the first process (None elsewhere); every process takes part in
@@ -270,17 +276,49 @@ class Trainer:
         return MetricsLog(out / "metrics.jsonl", append=bool(checkpoints))
 
     def _checkpoint(self, step: int) -> None:
+        self.saved_step = step
         state = {"tokens_total": self.tokens_total, "before": self.before,
                  **{name: part.state() for name, part in self._resumable().items()}}
         weights = self.dist.model_state()  # gathered from every process under FSDP
         optimizer_sd = self.dist.optimizer_state(self.optimizer)
+        error = None
         if self.dist.is_main:
-            save_checkpoint(self.out, step, self.model, self.tokenizer, optimizer_sd, state,
-                            self.cfg.save_total_limit, model_state=weights)
-        self.dist.barrier()  # nobody runs ahead of a checkpoint being written
+            try:
+                save_checkpoint(self.out, step, self.model, self.tokenizer, optimizer_sd, state,
+                                self.cfg.save_total_limit, model_state=weights)
+            except OSError as e:  # a full disk, a failing write: the last checkpoint stays
+                error = self._write_failed(f"checkpoint-{step}", e)
+        error = self.dist.broadcast(error)  # nobody runs ahead of a checkpoint being written
+        if error:
+            raise TrainingStopped(error)
+
+    def _write_failed(self, what: str, error: OSError) -> str:
+        checkpoints = list_checkpoints(self.out)
+        kept = f"{checkpoints[-1]} is intact" if checkpoints else "no checkpoint was written"
+        return (f"could not write {self.out / what} ({error.strerror or error}); {kept}; free "
+                "space (or fix the folder) and run the same command to resume")
 
     def train(self) -> dict:
-        """Run to ``max_steps`` (resuming if a checkpoint exists); return the summary."""
+        """Run to ``max_steps`` (resuming if a checkpoint exists); return the summary. One run
+        per ``output_dir`` (:mod:`explorl.output_lock`); SIGTERM and SIGINT stop it with a
+        checkpoint (:mod:`explorl.interrupts`)."""
+        lock = OutputLock(self.out)
+        error = None
+        if self.dist.is_main:  # the first process writes, so it holds the lock
+            try:
+                lock.acquire()
+            except UserError as e:
+                error = str(e)
+        error = self.dist.broadcast(error)
+        if error:
+            raise UserError(error)
+        try:
+            with self.interrupts.installed(can_abandon=self.dist.world == 1):
+                return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> dict:
         cfg = self.cfg
         log = self._prepare_output()  # None on all but the first process
         main = self.dist.is_main  # evaluates and writes; the others wait at the next collective
@@ -296,11 +334,8 @@ class Trainer:
             for step in range(self.step_done + 1, cfg.max_steps + 1):
                 if self.budget_spent():
                     break
-                try:
-                    metrics = self.step(step)
-                except TrainingStopped:
-                    self._checkpoint(self.step_done)  # the last completed step, to resume from
-                    raise
+                self._stop_if_interrupted()
+                metrics = self._guarded_step(step)
                 last = step == cfg.max_steps or self.budget_spent()
                 if last or cfg.eval_every and step % cfg.eval_every == 0:
                     result = self.evaluate_on_main(cfg.eval_pass_k if last else ())
@@ -315,6 +350,7 @@ class Trainer:
                 self.step_done = step
                 if cfg.save_every and step % cfg.save_every == 0 or last:
                     self._checkpoint(step)
+            self._stop_if_interrupted()
         finally:
             progress.close()
             if log:
@@ -324,6 +360,55 @@ class Trainer:
             after = self.evaluate_on_main(cfg.eval_pass_k)
         return self._finish(after, time.perf_counter() - start)
 
+    def _guarded_step(self, step: int) -> dict:
+        """:meth:`step`, abandoned (and put back) if a signal comes before its update changes
+        the weights; a run that must stop saves the last completed step first."""
+        boundary = self._boundary()
+        try:
+            with self.interrupts.abandonable():
+                return self.step(step)
+        except StepAbandoned as e:
+            self._restore(boundary)
+            self._interrupted(e.args[0])
+        except TrainingStopped:
+            self._checkpoint(self.step_done)  # the last completed step, to resume from
+            raise
+
+    def _boundary(self) -> dict:
+        """What a step changes before its update: the random generators, the data position,
+        HeRL's slot generator and the budget's pass."""
+        return {"rng": (random.getstate(), np.random.get_state(), torch.get_rng_state()),
+                "sampler": self.prompts.state(),
+                "hindsight": self.hindsight.state() if self.hindsight else None,
+                "budget": (self.budget.epoch, self.budget.frozen) if self.budget else None}
+
+    def _restore(self, boundary: dict) -> None:
+        python, numpy, torch_state = boundary["rng"]
+        random.setstate(python)
+        np.random.set_state(numpy)
+        torch.set_rng_state(torch_state)
+        self.prompts.load(boundary["sampler"])
+        if self.hindsight:
+            self.hindsight.load(boundary["hindsight"])
+        if self.budget:
+            self.budget.epoch, self.budget.frozen = boundary["budget"]
+
+    def _stop_if_interrupted(self) -> None:
+        """Between steps: stop if a signal came (under several processes, to any of them)."""
+        signum = self.interrupts.received or 0
+        if self.dist.world > 1:
+            signum = self.dist.max(signum)
+        if signum:
+            self._interrupted(signum)
+
+    def _interrupted(self, signum: int) -> NoReturn:
+        if self.saved_step != self.step_done:
+            self._checkpoint(self.step_done)
+        path = self.out / f"checkpoint-{self.step_done}"
+        raise Interrupted(signum, f"{Interrupts.name(signum)}: saved step {self.step_done} in "
+                                  f"{path}; run the same command to resume",
+                          quiet=not self.dist.is_main)
+
     def budget_spent(self) -> bool:
         limit = self.cfg.max_generated_tokens
         return limit is not None and self.tokens_total >= limit
@@ -332,6 +417,20 @@ class Trainer:
         weights = self.dist.model_state()  # gathered from every process under FSDP
         if not self.dist.is_main:
             return self.dist.broadcast(None)  # the first process's summary, once it is written
+        summary = {"before": self.before, "after": after, "steps": self.step_done,
+                   "tokens_generated": self.tokens_total, "train_seconds": round(seconds, 1),
+                   "model": str(self.cfg.model), "method": self.cfg.method}
+        try:
+            self._write_final(weights, summary)
+        except OSError as e:
+            summary = {"error": self._write_failed("final", e)}
+        summary = self.dist.broadcast(summary)
+        if "error" in summary:
+            raise TrainingStopped(summary["error"])
+        return summary
+
+    def _write_final(self, weights: dict | None, summary: dict) -> None:
+        """``final/`` (the model, merged if LoRA; ``adapter/``), ``summary.json``, plots."""
         final, tmp = self.out / "final", self.out / ".tmp-final"
         shutil.rmtree(tmp, ignore_errors=True)
         if lora.is_lora(self.model):  # adapters alone, then the merged model in final/
@@ -341,19 +440,18 @@ class Trainer:
         self.tokenizer.save_pretrained(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        summary = {"before": self.before, "after": after, "steps": self.step_done,
-                   "tokens_generated": self.tokens_total, "train_seconds": round(seconds, 1),
-                   "model": str(self.cfg.model), "method": self.cfg.method}
         tmp_summary = self.out / ".summary.json.tmp"
         tmp_summary.write_text(json.dumps(summary, indent=2))
         os.replace(tmp_summary, self.out / "summary.json")
         if self.cfg.plots:
             plot_run(self.out)
-        return self.dist.broadcast(summary)
 
 
 def before_after_table(summary: dict) -> str:
     before, after = summary.get("before") or {}, summary.get("after") or {}
+    if not before and not after:
+        return ("held-out: none evaluated (no held-out set was given; eval_dataset=FILE "
+                "evaluates one before and after training)")
     rows = [["accuracy", f"{100 * before.get('accuracy', float('nan')):.1f}",
              f"{100 * after.get('accuracy', float('nan')):.1f}"]]
     for level in sorted(after.get("by_level") or {}):

@@ -40,6 +40,7 @@ class PolicyUpdate:
         self.cfg, self.model, self.train_model, self.ref_model = cfg, model, train_model, ref_model
         self.optimizer, self.dist, self.algorithm = optimizer, dist, algorithm
         self.revision_loss, self.entropy_at_one = revision_loss, entropy_at_one
+        self.before_apply: Callable[[], None] = lambda: None  # called before weights change
 
     # --- before the update: this process's rows and their log-probs ----------------------------
     def prepare(self, batch: TrainBatch, advantages: torch.Tensor,
@@ -111,6 +112,7 @@ class PolicyUpdate:
             for key, value in parts.items():
                 sums[key] += value
         sums = dict(zip(sums, self.dist.sum(*sums.values())))  # the whole batch's
+        self.before_apply()
         # One bad batch must not poison the weights or Adam's moments.
         grad_norm, skipped = self.dist.step(self.optimizer, self.cfg.max_grad_norm,
                                             math.isfinite(sums["loss"]))

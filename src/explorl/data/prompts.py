@@ -26,6 +26,11 @@ class PromptCodec:
         self.mode = mode
         self.max_prompt_length = max_prompt_length
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        # No token is longer than the longest vocabulary entry (a byte-level entry has at least
+        # as many characters as the text it decodes to), so the last max_prompt_length tokens
+        # lie within this many characters of the end: longer text is cut before tokenising.
+        longest = max((len(t) for t in tokenizer.get_vocab()), default=1)
+        self.max_chars = max_prompt_length * max(longest, 1) + longest
         if mode == "always" and not self.has_template:
             raise UserError("apply_chat_template=always: the tokenizer has no chat template")
 
@@ -42,8 +47,11 @@ class PromptCodec:
         return prompt
 
     def encode(self, prompt) -> list[int]:
-        ids = self.tokenizer(self.text(prompt), add_special_tokens=False).input_ids
-        return ids[-self.max_prompt_length:]  # keep the end, nearest the answer (as TRL does)
+        """Token ids of the prompt's last ``max_prompt_length`` tokens (the end, nearest the
+        answer, is kept, as TRL does); a prompt of any length takes bounded time and memory."""
+        text = self.text(prompt)[-self.max_chars:]
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        return ids[-self.max_prompt_length:]
 
     def completion(self, prompt, text: str):
         if is_conversational(prompt):

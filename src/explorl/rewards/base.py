@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -100,8 +101,32 @@ class Rewards:
                    sum(p.failed for p in parts))
 
 
-def _call(fn: Callable, n: int, kwargs: dict) -> tuple[list, list | None]:
-    """The values of one reward function, and its grades if it is a graded reward."""
+def _call(fn: Callable, n: int, kwargs: dict,
+          timeout: float | None = None) -> tuple[list, list | None]:
+    """The values of one reward function, and its grades if it is a graded reward. With a
+    ``timeout`` the call runs in a daemon thread: past it, :class:`TimeoutError` is raised and
+    the call is left to finish (or not) on its own; a hung function never hangs the run."""
+    if timeout is None:
+        return _values(fn, n, kwargs)
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["out"] = _values(fn, n, kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+
+    worker = threading.Thread(target=run, daemon=True, name="explorl-reward")
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within reward_timeout={timeout:g} s (left running)")
+    if "error" in box:
+        raise box["error"]
+    return box["out"]
+
+
+def _values(fn: Callable, n: int, kwargs: dict) -> tuple[list, list | None]:
     if isinstance(fn, GradedReward):
         grades = list(fn.grade(**kwargs))
         if len(grades) != n:
@@ -112,7 +137,8 @@ def _call(fn: Callable, n: int, kwargs: dict) -> tuple[list, list | None]:
 
 def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], prompts: list,
                     completions: list, completion_ids: list[list[int]],
-                    columns: dict[str, list]) -> Rewards:
+                    columns: dict[str, list], timeout: float | None = None) -> Rewards:
+    """Weighted rewards of ``completions``; each function's call may take ``timeout`` seconds."""
     n = len(completions)
     total = torch.zeros(n, dtype=torch.float64)
     applies = torch.zeros(n, dtype=torch.bool)
@@ -123,7 +149,7 @@ def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], pro
     for (name, fn), w in zip(funcs, weights):
         values = torch.full((n,), math.nan, dtype=torch.float64)
         try:
-            out, graded = _call(fn, n, kwargs)
+            out, graded = _call(fn, n, kwargs, timeout)
             if grades is None:
                 grades = graded
             if len(out) != n:
@@ -162,11 +188,12 @@ class Scorer:
 
     ``funcs`` are (name, function) pairs, ``weights`` one per function; ``codec`` shapes each
     completion as its prompt's layout wants (plain text or a message list); a sample passes when
-    the first function gives at least ``threshold``."""
+    the first function gives at least ``threshold``; a call may take ``timeout`` seconds."""
 
     def __init__(self, funcs: list[tuple[str, Callable]], weights: list[float], codec,
-                 threshold: float = 1.0):
+                 threshold: float = 1.0, timeout: float | None = None):
         self.funcs, self.weights, self.codec, self.threshold = funcs, weights, codec, threshold
+        self.timeout = timeout
 
     @property
     def graded(self) -> bool:
@@ -178,7 +205,7 @@ class Scorer:
         prompts = [r["prompt"] for r in rows]
         completions = [self.codec.completion(p, t) for p, t in zip(prompts, texts)]
         return compute_rewards(self.funcs, self.weights, prompts, completions, completion_ids,
-                               columns_of(rows))
+                               columns_of(rows), self.timeout)
 
     def passed(self, rewards: Rewards) -> torch.Tensor:
         """Correct samples: the first reward function at or above the threshold."""
