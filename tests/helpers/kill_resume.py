@@ -43,11 +43,14 @@ class Kill:
     killed: bool  # False: the run had already finished
     mid_checkpoint: bool  # a temporary checkpoint folder existed when it died
     resumed_from: int  # step of the newest complete checkpoint left behind (0: none)
+    exit_code: int  # of the signalled run (-9 for SIGKILL; 143 or 130 when it stopped itself)
 
 
 def start_and_kill(out: Path, delay: float, after: str | None = "checkpoint-1",
-                   settings: list[str] = SMALL, timeout: float = 300) -> Kill:
-    """Launch, wait until ``out/after`` exists (None: from launch), sleep ``delay``, SIGKILL."""
+                   settings: list[str] = SMALL, timeout: float = 300,
+                   sig: int = signal.SIGKILL) -> Kill:
+    """Launch, wait until ``out/after`` exists (None: from launch), sleep ``delay``, send
+    ``sig`` (SIGKILL by default) to the run's process group."""
     t0 = time.monotonic()
     proc = subprocess.Popen(command(out, settings), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
@@ -59,7 +62,7 @@ def start_and_kill(out: Path, delay: float, after: str | None = "checkpoint-1",
         time.sleep(delay)
         killed = proc.poll() is None
         if killed:
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, sig)
         at = time.monotonic() - t0
         _, err = proc.communicate(timeout=timeout)
     finally:
@@ -72,7 +75,7 @@ def start_and_kill(out: Path, delay: float, after: str | None = "checkpoint-1",
         else False
     done = list_checkpoints(out)
     step = int(done[-1].name.split("-")[1]) if done else 0
-    return Kill(round(at, 3), killed, mid, step)
+    return Kill(round(at, 3), killed, mid, step, proc.returncode)
 
 
 def metric_rows(run: Path) -> list[dict]:
