@@ -214,3 +214,11 @@ def test_no_held_out_set_is_said_plainly(tmp_path, capsys):
     assert "nan" not in out
     assert "held-out: none evaluated (no held-out set was given; eval_dataset=FILE evaluates " \
            "one before and after training)" in out
+
+
+def test_an_unknown_command_is_named_once(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bogus"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2
+    assert err.startswith("explorl: error: argument command: invalid choice: 'bogus'")
