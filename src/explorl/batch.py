@@ -51,6 +51,8 @@ class TrainBatch:
     revision: torch.Tensor | None = None  # [N] bool: HeRL rows holding a revision
     behaviour_logps: torch.Tensor | None = None  # [N, L]: of the policy that wrote a revision
     trained_under: list | None = None  # per row: False, or the prompt a revision is trained under
+    old_logps: torch.Tensor | None = None  # [N, L] of the sampling policy, when an algorithm
+    # computed them for its advantages (PPO)
 
     @classmethod
     def of(cls, batch: ScoredBatch) -> TrainBatch:
@@ -85,3 +87,15 @@ class UpdateBatch:
 
     def __len__(self) -> int:
         return len(self.rollout)
+
+    def select(self, rows) -> UpdateBatch:
+        """The rows ``rows`` as a batch of their own: a mini-batch, with its own counts."""
+        def own(t):
+            return None if t is None else t[rows]
+
+        mask = self.loss_mask[rows]
+        norm = Normalizer(int(mask.shape[0]), int(mask.sum()), self.norm.max_completion_length)
+        rollout = self.rollout.select(rows)
+        return UpdateBatch(rollout, self.advantages[rows], mask, own(self.old_logps),
+                           own(self.ref_logps), own(self.revision), own(self.behaviour_logps),
+                           norm, int(rollout.completion_mask.sum()))

@@ -71,14 +71,17 @@ def optimizer_state_dict(meta: dict, tensors: dict[str, torch.Tensor]) -> dict:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer_sd: dict,
-                    trainer_state: dict, keep: int, model_state: dict | None = None) -> Path:
+                    trainer_state: dict, keep: int, model_state: dict | None = None,
+                    extra_tensors: dict | None = None) -> Path:
     """``optimizer_sd`` is the optimizer's state dict; ``model_state`` the weights to save in
-    place of the model's own (the gathered weights of a sharded model)."""
+    place of the model's own (the gathered weights of a sharded model); ``extra_tensors`` any
+    other tensors to resume (an algorithm's own models), in ``extra.safetensors``."""
     final = run_dir / f"checkpoint-{step}"
     tmp = run_dir / f".tmp-checkpoint-{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write(tmp, step, model, tokenizer, optimizer_sd, trainer_state, model_state)
+        _write(tmp, step, model, tokenizer, optimizer_sd, trainer_state, model_state,
+               extra_tensors)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never a half-written folder left to find
         raise
@@ -92,8 +95,11 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer_sd: di
 
 
 def _write(tmp: Path, step: int, model, tokenizer, optimizer_sd: dict, trainer_state: dict,
-           model_state: dict | None) -> None:
+           model_state: dict | None, extra_tensors: dict | None) -> None:
     tmp.mkdir(parents=True)
+    if extra_tensors:
+        save_file({k: v.contiguous() for k, v in extra_tensors.items()},
+                  str(tmp / "extra.safetensors"))
     model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
     tokenizer.save_pretrained(tmp)
     opt_meta, tensors = optimizer_state(optimizer_sd)
@@ -157,4 +163,6 @@ def _load_checkpoint(path: Path, model, optimizer, parallel) -> dict:
     else:
         optimizer.load_state_dict(optimizer_sd)
     set_rng_state(state["rng"], tensors)
-    return {"step": state["step"], **state["trainer"]}
+    extra = load_file(str(path / "extra.safetensors")) if (path / "extra.safetensors").exists() \
+        else {}
+    return {"step": state["step"], **state["trainer"], "tensors": extra}

@@ -1,4 +1,4 @@
-"""``explorl``: train, sft, eval, improve, compare.
+"""``explorl``: train, rm, sample, pairs, sft, eval, improve, compare.
 
 Bad input ends with one line ``explorl: error: ...`` on stderr and exit code 2.
 """
@@ -61,6 +61,69 @@ def cmd_sft(ns: argparse.Namespace) -> int:
     result = run_sft(cfg)
     print(json.dumps(result, indent=2))
     print(f"saved to {cfg.output_dir}/")
+    return 0
+
+
+def cmd_rm(ns: argparse.Namespace) -> int:
+    from explorl.config import RMConfig, load_config
+
+    path, overrides = _split_config(ns.args)
+    cfg = load_config(path, overrides, cls=RMConfig)
+    _quiet()
+    from explorl.rm import RewardModelTrainer
+
+    summary = RewardModelTrainer(cfg).train()
+    before, after = summary["before"], summary["after"]
+    print(f"held-out pairwise accuracy {100 * before['accuracy']:.1f}% -> "
+          f"{100 * after['accuracy']:.1f}% on {after['n']} pairs; {summary['steps']} steps, "
+          f"{summary['train_seconds']} s; reward model in {cfg.output_dir}/final/")
+    return 0
+
+
+def cmd_sample(ns: argparse.Namespace) -> int:
+    if ns.n < 1:
+        raise UserError(f"--n {ns.n}: must be >= 1")
+    if not ns.temperature > 0:
+        raise UserError(f"--temperature {ns.temperature}: must be > 0")
+    raw = {"model": ns.model, "eval_size": ns.size, "task_train_size": ns.size,
+           "max_completion_length": ns.max_new_tokens, "output_dir": "unused", "seed": ns.seed}
+    if ns.dataset in ("arithmetic", "rubric", "rubric_stated"):
+        raw["dataset"] = ns.dataset
+    if ns.reward:
+        raw["reward_funcs"] = ns.reward.split(",")
+    t = _trainer_for(ns, raw)
+    from explorl.sample import sample_rows, write_jsonl
+
+    rows = t.train_rows[: ns.size] if ns.split == "train" and ns.dataset == t.cfg.dataset \
+        else t.eval_rows
+    samples = sample_rows(t.engine, t.tokenizer, rows, t.scorer, ns.n, ns.temperature,
+                          ns.max_new_tokens)
+    write_jsonl(samples, Path(ns.out))
+    known = [s["reward"] for s in samples if s["reward"] is not None]
+    mean = sum(known) / len(known) if known else float("nan")
+    print(f"{len(samples)} completions of {len(rows)} prompts, mean reward {mean:.3f}; "
+          f"written to {ns.out}")
+    return 0
+
+
+def cmd_pairs(ns: argparse.Namespace) -> int:
+    if ns.per_prompt < 1:
+        raise UserError(f"--per-prompt {ns.per_prompt}: must be >= 1")
+    from explorl.data.loaders import load_rows
+    from explorl.data.preferences import pairs_from_samples
+    from explorl.sample import write_jsonl
+
+    samples = load_rows(ns.samples, name="samples")
+    missing = [k for k in ("completion", "reward") if k not in samples[0]]
+    if missing:
+        raise UserError(f"{ns.samples}: missing column(s) {', '.join(missing)} (explorl sample "
+                        "writes prompt, completion and reward)")
+    pairs = pairs_from_samples(samples, ns.threshold, ns.per_prompt, ns.seed)
+    if not pairs:
+        raise UserError(f"{ns.samples}: no prompt has both a completion scoring at least "
+                        f"{ns.threshold} and one below it")
+    write_jsonl(pairs, Path(ns.out))
+    print(f"{len(pairs)} preference pairs from {len(samples)} samples; written to {ns.out}")
     return 0
 
 
@@ -167,7 +230,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="explorl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    from explorl.config import TrainConfig
+    from explorl.config import RMConfig, TrainConfig
     from explorl.config_files import help_text
 
     t = sub.add_parser("train", help="RL training (GRPO); no arguments: the embedded default",
@@ -191,6 +254,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=16)
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
     e.set_defaults(fn=cmd_eval)
+    r = sub.add_parser("rm", help="a Bradley-Terry reward model from preference pairs",
+                       epilog=help_text(RMConfig),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
+    r.set_defaults(fn=cmd_rm)
+    sm = sub.add_parser("sample", help="N completions per prompt with their rewards (JSONL)")
+    sm.add_argument("model", help="'tiny', 'smollm2', a saved model folder or a run directory")
+    sm.add_argument("--n", type=int, default=8, help="completions per prompt (default 8)")
+    sm.add_argument("--out", required=True, help="output JSONL file")
+    sm.add_argument("--dataset", default="arithmetic", help="built-in task or a data file "
+                    "(a file needs --reward)")
+    sm.add_argument("--split", choices=["train", "eval"], default="train",
+                    help="a built-in task's train (default) or held-out prompts")
+    sm.add_argument("--reward", default=None, help="reward function(s), comma-separated")
+    sm.add_argument("--size", type=int, default=1000, help="prompts (default 1000)")
+    sm.add_argument("--temperature", type=float, default=1.0)
+    sm.add_argument("--max-new-tokens", type=int, default=16)
+    sm.add_argument("--seed", type=int, default=0)
+    sm.set_defaults(fn=cmd_sample)
+    pr = sub.add_parser("pairs", help="preference pairs from sampled completions")
+    pr.add_argument("samples", help="explorl sample's JSONL")
+    pr.add_argument("--out", required=True, help="output JSONL of prompt/chosen/rejected")
+    pr.add_argument("--threshold", type=float, default=1.0,
+                    help="chosen: reward at least this; rejected: below (default 1.0)")
+    pr.add_argument("--per-prompt", type=int, default=4, help="pairs per prompt at most")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.set_defaults(fn=cmd_pairs)
     i = sub.add_parser("improve", help="test-time self-improvement: answer, grade, revise")
     i.add_argument("model", help="'tiny', 'smollm2-135m-instruct' (or 'smollm2'), a saved "
                    "model folder, or a run directory")

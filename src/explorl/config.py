@@ -152,6 +152,53 @@ class E3Config:
 
 
 @dataclass
+class PPOConfig:
+    """PPO with a critic, GAE and a KL penalty in the reward (Schulman et al. 2017; Ziegler et
+    al. 2019); on with ``method=ppo``. Names and defaults follow TRL's ``PPOConfig``."""
+
+    num_ppo_epochs: int = 4
+    """Passes over each batch of rollouts."""
+    num_mini_batches: int = 1
+    """Shuffled mini-batches per pass, one optimizer step (policy, then critic) each."""
+    gamma: float = 1.0
+    """Discount over completion tokens."""
+    lam: float = 0.95
+    """GAE's lambda."""
+    cliprange: float = 0.2
+    """Clip range of the policy ratio."""
+    cliprange_value: float = 0.2
+    """Clip range of the value update around the rollout's values."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    kl_coef: float = 0.05
+    """KL penalty per token in the reward (the reference is the starting model)."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    adaptive_kl: bool = False
+    """Adjust ``kl_coef`` towards ``target_kl`` (Ziegler et al. 2019)."""
+    target_kl: float = 6.0
+    """Mean KL per token the adaptive controller aims at."""
+    kl_horizon: int = 10000
+    """Sequences over which the adaptive controller moves by at most 20%."""
+    whiten_rewards: bool = False
+    """Scale token rewards to unit variance over the batch before GAE."""
+    critic_init: Literal["policy", "reward_model"] = "policy"
+    """The critic's starting weights: the policy (any reward; a zero head), or the reward model
+    in ``reward_funcs``."""
+    critic_learning_rate: float | None = None
+    """Default: ``learning_rate``."""
+
+    def check(self, need: Need, cfg: TrainConfig) -> None:
+        for key in ("num_ppo_epochs", "num_mini_batches", "kl_horizon"):
+            need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("gamma", "lam"):
+            need(0 <= getattr(self, key) <= 1, key, "must be in [0, 1]")
+        for key in ("cliprange", "cliprange_value", "vf_coef", "kl_coef", "target_kl"):
+            need(getattr(self, key) >= 0, key, "must be >= 0")
+        need(self.critic_learning_rate is None or self.critic_learning_rate > 0,
+             "critic_learning_rate", "must be > 0 (or none)")
+
+
+@dataclass
 class JudgeConfig:
     """The LLM judge of rubric criteria whose check is ``judge``
     (:mod:`explorl.rewards.judge`): an OpenAI-compatible endpoint or a local model."""
@@ -201,8 +248,9 @@ class TrainConfig:
     seed: int = 0
     method: str = "grpo"
     """The algorithm, then the exploration methods on top of it, joined by ``+``: ``grpo``
-    (default); ``herl`` (GRPO with hindsight revisions); ``e3`` (E3 budgets and temperature);
-    ``herl+e3``. Each method's knobs are in its section."""
+    (default), ``ppo`` (a critic and GAE); ``herl`` (GRPO with hindsight revisions); ``e3`` (E3
+    budgets and temperature); e.g. ``herl+e3``, ``ppo+e3``. Each method's knobs are in its
+    section."""
     max_steps: int = 500
     max_generated_tokens: int | None = None
     """Stop once this many tokens were generated (revisions included): equal-budget runs."""
@@ -315,6 +363,7 @@ class TrainConfig:
     # --- method sections -----------------------------------------------------------------------
     herl: HeRLConfig = field(default_factory=HeRLConfig)
     e3: E3Config = field(default_factory=E3Config)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     @property
@@ -361,6 +410,31 @@ class TrainConfig:
                  f"{len(self.reward_weights)} weights for {len(self.reward_funcs)} reward "
                  "functions")
         self._check_loss(need)
+        if self.uses("ppo"):
+            self._check_ppo(need)
+
+    def _check_ppo(self, need: Need) -> None:
+        """What PPO cannot honour, each refused by name."""
+        why = {"beta": (self.beta == 0, "method=ppo puts the KL penalty into the reward "
+                        "(ppo.kl_coef); set beta=0"),
+               "num_iterations": (self.num_iterations == 1, "method=ppo passes over a batch "
+                                  "ppo.num_ppo_epochs times; leave num_iterations at 1"),
+               "epsilon": (self.epsilon == 0.2 and self.epsilon_high is None,
+                           "method=ppo clips the ratio at ppo.cliprange; leave epsilon and "
+                           "epsilon_high unset"),
+               "advantage_estimator": (self.advantage_estimator == "grpo"
+                                       and self.scale_rewards == "group", "method=ppo takes its "
+                                       "baseline from the critic: group baselines and "
+                                       "scale_rewards do not apply"),
+               "importance_sampling_level": (self.importance_sampling_level == "token",
+                                             "method=ppo has per-token advantages: the ratio "
+                                             "is per token"),
+               "dual_clip": (self.dual_clip is None, "not used by method=ppo"),
+               "method": (not self.uses("herl"), "herl under ppo is not supported: a revision "
+                          "trained under the original prompt has no critic value for the "
+                          "hindsight prompt's states (use method=herl, i.e. GRPO)")}
+        for key, (ok, message) in why.items():
+            need(ok, key, message)
 
     def _check_loss(self, need: Need) -> None:
         need(self.epsilon >= 0, "epsilon", f"must be >= 0, got {self.epsilon}")
@@ -373,6 +447,55 @@ class TrainConfig:
                  "loss_type cispo caps the importance weight at epsilon_high itself (not "
                  "1 + epsilon_high): set it, e.g. 5.0 as in ScaleRL")
             need(self.dual_clip is None, "dual_clip", "does not apply to loss_type cispo")
+
+
+@dataclass
+class RMConfig:
+    model: str = "tiny"
+    """The backbone: ``tiny``, ``smollm2``, or any Hugging Face causal-LM folder."""
+    dataset: str | None = None
+    """Preference pairs (``prompt``/``chosen``/``rejected``, implicit prompt, message lists, an
+    optional ``margin`` column): ``.jsonl``, ``.json``, ``.parquet`` or a ``datasets`` folder."""
+    eval_dataset: str | None = None
+    """Held-out pairs. Default: ``eval_fraction`` of ``dataset``, set aside before training."""
+    eval_fraction: float = 0.1
+    output_dir: str = "runs/rm"
+    seed: int = 0
+    learning_rate: float = 1e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    batch_size: int = 32
+    """Pairs per step (both answers of each pair go through the model in one batch)."""
+    num_epochs: float = 2.0
+    max_steps: int | None = None
+    """Default: ``num_epochs`` passes over the training pairs."""
+    max_length: int = 512
+    """Tokens kept per text (the end, where the reward is read)."""
+    center_rewards_coefficient: float | None = None
+    eval_every: int = 100
+    save_every: int = 100
+    save_total_limit: int = 2
+    resume: str = "auto"
+    """``auto``: continue from the latest checkpoint in ``output_dir``; ``never``: start over."""
+    progress: bool = True
+    plots: bool = True
+
+    def check(self, need) -> None:
+        need(self.dataset is not None, "dataset", "explorl rm needs preference pairs "
+             "(dataset=pairs.jsonl; explorl sample and explorl pairs make them)")
+        for key in ("batch_size", "max_length", "save_total_limit"):
+            need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "eval_every", "save_every"):
+            need(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        need(self.learning_rate > 0, "learning_rate", "must be > 0")
+        need(self.num_epochs > 0, "num_epochs", "must be > 0")
+        need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be >= 1")
+        need(0 < self.eval_fraction < 1, "eval_fraction", "must be in (0, 1)")
+        need(self.resume in ("auto", "never"), "resume", "must be 'auto' or 'never'")
+        need(self.center_rewards_coefficient is None or self.center_rewards_coefficient >= 0,
+             "center_rewards_coefficient", "must be >= 0 (or none)")
+
 
 
 RENAMED = {

@@ -78,6 +78,9 @@ class Parallel:
         if cfg.lora_r and self.engine in ("FSDP", "DeepSpeed"):
             raise UserError(f"lora_r: LoRA under {self.engine} is not supported; use DDP "
                             "(configs/accelerate/ddp_cpu.yaml)")
+        if cfg.uses("ppo") and self.world > 1:
+            raise UserError("method: ppo runs in one process (its critic is not distributed); "
+                            "start it without a launcher")
 
     @property
     def sharded(self) -> bool:

@@ -126,6 +126,7 @@ class Trainer:
             cfg, self.model, self.train_model, ref_model, self.optimizer, self.dist,
             self.algorithm, self.hindsight.revision_loss if self.hindsight else None,
             entropy_at_one=self.adaptive_temperature is not None)
+        self.algorithm.bind(self.update)
         self.prompts = PromptSampler(len(self.train_rows), cfg.prompts_per_step, cfg.seed)
         self.failures = FailurePolicy(cfg.reward_failure_limit, cfg.nonfinite_limit)
         self.interrupts = Interrupts()
@@ -199,7 +200,7 @@ class Trainer:
             advantages = self.algorithm.advantages(train_batch, loss_mask)
             shard = self.update.prepare(train_batch, advantages, loss_mask)
         # 5. Policy update (and the stop after too many non-finite ones).
-        update = self.update.step(shard, self.lr_at(step))
+        update = self.update.step(shard, self.lr_at(step), step)
         self.failures.check_update(step, update["update_skipped"])
         seconds["update"] = time.perf_counter() - start
         # 6. Controllers observe: pass rates -> difficulty, entropy -> next temperature.
@@ -267,6 +268,7 @@ class Trainer:
             self.before = state["before"]
             for name, part in self._resumable().items():
                 part.load(state[name])
+            self.algorithm.load(state.get("algorithm", {}), state["tensors"])
             if main:
                 truncate_metrics(out / "metrics.jsonl", self.step_done)
                 truncate_metrics(out / "completions.jsonl", self.step_done)
@@ -278,6 +280,7 @@ class Trainer:
     def _checkpoint(self, step: int) -> None:
         self.saved_step = step
         state = {"tokens_total": self.tokens_total, "before": self.before,
+                 "algorithm": self.algorithm.state(),
                  **{name: part.state() for name, part in self._resumable().items()}}
         weights = self.dist.model_state()  # gathered from every process under FSDP
         optimizer_sd = self.dist.optimizer_state(self.optimizer)
@@ -285,7 +288,8 @@ class Trainer:
         if self.dist.is_main:
             try:
                 save_checkpoint(self.out, step, self.model, self.tokenizer, optimizer_sd, state,
-                                self.cfg.save_total_limit, model_state=weights)
+                                self.cfg.save_total_limit, model_state=weights,
+                                extra_tensors=self.algorithm.tensors())
             except OSError as e:  # a full disk, a failing write: the last checkpoint stays
                 error = self._write_failed(f"checkpoint-{step}", e)
         error = self.dist.broadcast(error)  # nobody runs ahead of a checkpoint being written

@@ -11,6 +11,7 @@ import importlib
 
 ALGORITHMS: dict[str, str] = {
     "grpo": "explorl.algorithms.grpo:GRPO",
+    "ppo": "explorl.algorithms.ppo:PPO",
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from explorl.algorithms.advantages import AdvantageInputs, compute_advantages
+from explorl.algorithms.base import Algorithm
 from explorl.algorithms.losses import (
     cispo_surrogate,
     clipped_surrogate,
@@ -22,7 +23,7 @@ from explorl.algorithms.losses import (
 from explorl.batch import TrainBatch
 
 
-class GRPO:
+class GRPO(Algorithm):
     """Group-relative advantages and the clipped (or GSPO, or CISPO) policy loss.
 
     Reads ``advantage_estimator`` and ``scale_rewards`` (advantages); ``epsilon``,
@@ -31,6 +32,7 @@ class GRPO:
     """
 
     def __init__(self, cfg):
+        self.epochs = cfg.num_iterations
         self.estimator, self.scale_rewards = cfg.advantage_estimator, cfg.scale_rewards
         self.epsilon = cfg.epsilon
         self.epsilon_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high

@@ -54,9 +54,10 @@ class PolicyUpdate:
         def own(t):
             return None if t is None else t[rows]
 
-        return UpdateBatch(rollout, advantages[rows], loss_mask[rows], self._old_logps(rollout),
-                           self._ref_logps(rollout), own(batch.revision),
-                           own(batch.behaviour_logps), norm,
+        old = own(batch.old_logps) if batch.old_logps is not None else self._old_logps(rollout)
+        ref = self.ref_logprobs(rollout) if self.cfg.beta > 0 else None
+        return UpdateBatch(rollout, advantages[rows], loss_mask[rows], old, ref,
+                           own(batch.revision), own(batch.behaviour_logps), norm,
                            int(batch.rollout.completion_mask.sum()))
 
     @torch.no_grad()
@@ -65,16 +66,16 @@ class PolicyUpdate:
         return self._stats(self.model, rollout, with_entropy=False).logps
 
     def _old_logps(self, rollout: Rollout) -> torch.Tensor | None:
-        # With one update per batch the ratio is exactly 1: no need to store anything.
-        return self.logprobs(rollout) if self.cfg.num_iterations > 1 else None
+        # With one optimizer step per batch the ratio is exactly 1: nothing to store.
+        steps = self.algorithm.epochs * len(self.algorithm.mini_batches(len(rollout), 0, 0))
+        return self.logprobs(rollout) if steps > 1 else None
 
     @torch.no_grad()
-    def _ref_logps(self, rollout: Rollout) -> torch.Tensor | None:
-        if self.cfg.beta > 0 and self.cfg.lora_r:  # the reference is the base, adapters off
+    def ref_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """The frozen reference's log-probs (the base model with LoRA adapters off)."""
+        if self.cfg.lora_r:
             with lora.adapters_disabled(self.model):
                 return self._stats(self.model, rollout, with_entropy=False).logps
-        if self.ref_model is None:
-            return None
         return self._stats(self.ref_model, rollout, with_entropy=False).logps
 
     def _stats(self, model, rollout: Rollout, rows=slice(None), with_entropy: bool | str = True,
@@ -87,13 +88,16 @@ class PolicyUpdate:
                 entropy_at_one=entropy_at_one)
 
     # --- the update ----------------------------------------------------------------------------
-    def step(self, batch: UpdateBatch, lr: float) -> dict:
-        """``num_iterations`` optimizer steps over the batch at learning rate ``lr``; the
-        metrics of the last."""
+    def step(self, batch: UpdateBatch, lr: float, step: int = 0) -> dict:
+        """The algorithm's ``epochs`` passes over its mini-batches of the batch, one optimizer
+        step each, at learning rate ``lr``; the metrics of the last."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        for _ in range(self.cfg.num_iterations):
-            metrics = self._one_step(batch)
+        for epoch in range(self.algorithm.epochs):
+            for rows in self.algorithm.mini_batches(len(batch), step, epoch):
+                mini = batch if isinstance(rows, slice) else batch.select(rows)
+                metrics = self._one_step(mini)
+                metrics.update(self.algorithm.after_policy_step(batch, rows))
         return metrics
 
     def _one_step(self, batch: UpdateBatch) -> dict:

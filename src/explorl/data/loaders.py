@@ -47,7 +47,7 @@ class _Table:
 
 def load_rows(source: Any, *, name: str = "dataset") -> list[dict]:
     """Read ``source`` and return normalised rows (plain Python values, ``prompt_id`` added)."""
-    table = _read_source(source, name)
+    table = read_source(source, name)
     if not table.rows:
         raise UserError(f"{table.label}: data set is empty (no rows)")
     return [_normalise_row(row, table.where(i)) for i, row in enumerate(table.rows)]
@@ -63,7 +63,7 @@ def columns_of(rows: list[dict]) -> dict[str, list]:
     return {key: [row.get(key) for row in rows] for key in keys}
 
 
-def _read_source(source: Any, name: str) -> _Table:
+def read_source(source: Any, name: str) -> _Table:
     if isinstance(source, (str, os.PathLike)):
         return _read_path(Path(source), name)
     if isinstance(source, (list, tuple)):
@@ -150,7 +150,7 @@ def _read_json(path: Path, label: str) -> _Table:
     if not isinstance(value, list):
         raise UserError(
             f'{label}: expected a JSON list of objects (or {{"data": [...]}}), '
-            f"got {_type_name(value)}"
+            f"got {type_name(value)}"
         )
     return _Table(label, value)
 
@@ -199,11 +199,11 @@ def _read_hf_object(source: Any, label: str) -> _Table | None:
 
 def _normalise_row(row: Any, where: str) -> dict:
     if not isinstance(row, dict):
-        raise UserError(f"{where}: expected an object with a 'prompt' field, got {_type_name(row)}")
-    row = _plain(row)
+        raise UserError(f"{where}: expected an object with a 'prompt' field, got {type_name(row)}")
+    row = plain_value(row)
     if "prompt" not in row:
         raise UserError(f"{where}: missing 'prompt' column{_columns_hint(row)}")
-    _check_prompt(row["prompt"], where)
+    check_prompt(row["prompt"], where)
     reward_model = row.get("reward_model")
     if (
         "ground_truth" not in row
@@ -215,7 +215,7 @@ def _normalise_row(row: Any, where: str) -> dict:
     return row
 
 
-def _check_prompt(prompt: Any, where: str) -> None:
+def check_prompt(prompt: Any, where: str) -> None:
     if prompt is None:
         raise UserError(f"{where}: prompt: missing value (null)")
     if isinstance(prompt, str):
@@ -225,7 +225,7 @@ def _check_prompt(prompt: Any, where: str) -> None:
     if not isinstance(prompt, list):
         raise UserError(
             f"{where}: prompt: expected a string or a list of {{role, content}} messages, "
-            f"got {_type_name(prompt)}"
+            f"got {type_name(prompt)}"
         )
     if not prompt:
         raise UserError(f"{where}: prompt: empty prompt (no messages)")
@@ -233,14 +233,14 @@ def _check_prompt(prompt: Any, where: str) -> None:
         field = f"prompt[{i}]"
         if not isinstance(message, dict):
             raise UserError(
-                f"{where}: {field}: expected a {{role, content}} message, got {_type_name(message)}"
+                f"{where}: {field}: expected a {{role, content}} message, got {type_name(message)}"
             )
         for key in ("role", "content"):
             if key not in message:
                 raise UserError(f"{where}: {field}: missing '{key}'")
             if not isinstance(message[key], str):
                 raise UserError(
-                    f"{where}: {field}: '{key}' must be a string, got {_type_name(message[key])}"
+                    f"{where}: {field}: '{key}' must be a string, got {type_name(message[key])}"
                 )
     if not any(message["content"].strip() for message in prompt):
         raise UserError(f"{where}: prompt: empty prompt (all messages have empty content)")
@@ -255,13 +255,13 @@ def _prompt_id(row: dict) -> str:
     return hashlib.sha1(encoded).hexdigest()[:16]
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
+        return {key: plain_value(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [plain_value(item) for item in value]
     if isinstance(value, np.ndarray):
-        return [_plain(item) for item in value.tolist()]
+        return [plain_value(item) for item in value.tolist()]
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -277,7 +277,7 @@ def _columns_hint(row: dict) -> str:
     return f" (columns: {shown})"
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 

@@ -97,8 +97,9 @@ def load_model(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel
 
 def build_policy(cfg) -> tuple[PreTrainedModel, PreTrainedModel | None]:
     """The model to train (LoRA adapters, activation checkpointing and no dropout, as ``cfg``
-    asks) and the frozen reference for the KL term, loaded only when ``beta > 0`` (under LoRA
-    the reference is the base model with adapters off: no second copy)."""
+    asks) and the frozen reference for a KL term, loaded only when there is one (``beta > 0``,
+    or PPO's ``kl_coef > 0``; under LoRA the reference is the base model with adapters off: no
+    second copy)."""
     from explorl.models import lora
 
     model = load_model(cfg.model)
@@ -114,7 +115,8 @@ def build_policy(cfg) -> tuple[PreTrainedModel, PreTrainedModel | None]:
     disable_dropout(model)
     model.train()
     ref = None
-    if cfg.beta > 0 and not cfg.lora_r:
+    kl_in_reward = cfg.uses("ppo") and cfg.ppo.kl_coef > 0
+    if (cfg.beta > 0 or kl_in_reward) and not cfg.lora_r:
         ref = load_model(cfg.model).eval().requires_grad_(False)
     return model, ref
 

@@ -35,9 +35,14 @@ BUILTIN = {
 
 
 def resolve(spec) -> tuple[str, Callable]:
-    """A callable, a built-in name or ``module:function`` -> (name, callable)."""
+    """A callable, a built-in name, ``module:function`` or a reward model's folder ->
+    (name, callable)."""
     if callable(spec):
         return getattr(spec, "__name__", type(spec).__name__), spec
+    from explorl.rewards.reward_model import RewardModel, is_reward_model_path
+
+    if is_reward_model_path(spec):
+        return "reward_model", RewardModel(spec)
     if not isinstance(spec, str):
         raise UserError(f"reward_funcs: {spec!r} is not a callable or a 'module:function' string")
     target = BUILTIN.get(spec, spec)
