@@ -220,7 +220,10 @@ CASES = [
      "ppo.critic_init: reward_model needs a reward model in reward_funcs"),
     ("sample-zero-n", "sample tiny --n 0 --out {out}/s.jsonl", {}, "--n 0: must be >= 1"),
     ("pairs-not-samples", "pairs {tmp}/s.jsonl --out {out}/p.jsonl",
-     {"s.jsonl": '{"prompt": "a"}\n'}, "missing column(s) completion, reward"),
+     {"s.jsonl": '{"prompt": "a"}\n'}, "s.jsonl:1: missing field 'completion'"),
+    ("pairs-row-without-reward", "pairs {tmp}/s.jsonl --out {out}/p.jsonl",
+     {"s.jsonl": '{"prompt": "a", "completion": "b", "reward": 1}\n'
+                 '{"prompt": "a", "completion": "c"}\n'}, "s.jsonl:2: missing field 'reward'"),
     ("unknown-command", "bogus", {}, "bogus"),
     ("no-command", "", {}, "command"),
 ]

@@ -29,7 +29,7 @@ def test_none_is_a_choice_or_a_null_by_field_type():
     ("max_steps: five\n", [], "c.yaml:1: max_steps: expected an integer"),
     ("loss_type: ppo\n", [], "c.yaml:1: loss_type: 'ppo' is not one of"),
     ("", ["temperature=0"], "override 'temperature=0': temperature: must be > 0"),
-    ("", ["num_generations=1"], "num_generations: group-relative advantages need at least 2"),
+    ("", ["num_generations=1"], "num_generations: at least 2 generations per prompt"),
     ("", ["nope=1"], "override 'nope=1': unknown config key 'nope'"),
     ("", ["dual_clip=0.5"], "dual_clip: must be > 1"),
     ("max_steps: [1\n", [], "c.yaml:2: invalid YAML"),

@@ -128,13 +128,20 @@ def test_ppo_resumes_exactly_with_its_critic(tmp_path):
     ("beta=0.04", "beta: method=ppo puts the KL penalty into the reward"),
     ("num_iterations=2", "num_iterations: method=ppo passes over a batch ppo.num_ppo_epochs"),
     ("epsilon=0.1", "epsilon: method=ppo clips the ratio at ppo.cliprange"),
-    ("scale_rewards=batch", "advantage_estimator: method=ppo takes its baseline from the critic"),
+    ("scale_rewards=batch", "scale_rewards: method=ppo whitens its advantages over the batch"),
+    ("advantage_estimator=rloo", "advantage_estimator: method=ppo takes its baseline from"),
+    ("loss_type=cispo", "loss_type: method=ppo clips the ratio"),
+    ("kl_estimator=k1", "kl_estimator: method=ppo's penalty is in the reward"),
+    ("ppo.target_kl=0", "ppo.target_kl: must be > 0"),
+    ("ppo.adaptive_kl=true ppo.kl_coef=0", "ppo.adaptive_kl: needs kl_coef > 0"),
+    ("ppo.num_mini_batches=129", "ppo.num_mini_batches: must be <= the rollouts per step (128)"),
     ("importance_sampling_level=sequence", "importance_sampling_level: method=ppo has per-token"),
     ("ppo.gamma=1.5", "ppo.gamma: must be in [0, 1]"),
+    ("ppo.critic_init=reward_model", "ppo.critic_init: reward_model needs a reward model in"),
 ])
 def test_what_ppo_refuses(override, fragment):
     with pytest.raises(UserError) as e:
-        load_config(None, ["method=ppo", override])
+        load_config(None, ["method=ppo", *override.split()])
     assert fragment in str(e.value)
 
 

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from explorl import TrainConfig, Trainer
 from explorl.cli import main
-from explorl.config import RMConfig
+from explorl.config import PPOConfig, RMConfig
 from explorl.data.preferences import load_pairs, pair_text, pairs_from_samples
 from explorl.errors import UserError
 from explorl.rm import RewardModelTrainer, bradley_terry_loss
@@ -104,6 +105,18 @@ def test_a_reward_model_learns_resumes_exactly_and_scores_completions(tmp_path):
     assert name == "reward_model"
     scores = reward(["3+3=", "3+3="], ["13", "23"])
     assert scores[0] > scores[1]
+
+    # PPO against it, the critic started from it: its first values are the RM's, not zeros
+    run = TrainConfig(output_dir=str(tmp_path / "ppo"), method="ppo", max_steps=1,
+                      reward_funcs=[str(tmp_path / "a")], prompts_per_step=4, num_generations=2,
+                      ppo=PPOConfig(critic_init="reward_model"), eval_size=8,
+                      task_train_size=32, progress=False, plots=False)
+    trainer = Trainer(run)
+    trainer.train()
+    first = json.loads((tmp_path / "ppo/metrics.jsonl").read_text().splitlines()[0])
+    assert first["ppo/values"] != 0 and "reward/reward_model/mean" in first
+    head = trainer.algorithm.critic.head.weight
+    assert not torch.equal(head, torch.zeros_like(head))
 
 
 def test_sample_then_pairs_from_the_command_line(tmp_path, capsys):

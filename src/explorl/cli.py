@@ -109,15 +109,10 @@ def cmd_sample(ns: argparse.Namespace) -> int:
 def cmd_pairs(ns: argparse.Namespace) -> int:
     if ns.per_prompt < 1:
         raise UserError(f"--per-prompt {ns.per_prompt}: must be >= 1")
-    from explorl.data.loaders import load_rows
-    from explorl.data.preferences import pairs_from_samples
+    from explorl.data.preferences import load_samples, pairs_from_samples
     from explorl.sample import write_jsonl
 
-    samples = load_rows(ns.samples, name="samples")
-    missing = [k for k in ("completion", "reward") if k not in samples[0]]
-    if missing:
-        raise UserError(f"{ns.samples}: missing column(s) {', '.join(missing)} (explorl sample "
-                        "writes prompt, completion and reward)")
+    samples = load_samples(ns.samples)
     pairs = pairs_from_samples(samples, ns.threshold, ns.per_prompt, ns.seed)
     if not pairs:
         raise UserError(f"{ns.samples}: no prompt has both a completion scoring at least "

@@ -1,6 +1,6 @@
 """``explorl compare``: several configurations x N seeds, one table and shared plots.
 
-A SPEC is a preset name (``grpo``, ``dapo``, ``dr_grpo``, ``rloo``, ``gspo``, ``cispo``,
+A SPEC is a preset name (``grpo``, ``dapo``, ``dr_grpo``, ``rloo``, ``gspo``, ``cispo``, ``ppo``,
 ``e3_budget``, ``e3_budget_mixed``, ``e3_temperature``, ``e3``, ``herl``, ...), presets joined
 with ``+`` (their methods are joined too: ``herl+e3``), or ``label:key=value,key=value``. Each
 run lives in ``<output>/<label>/seed<k>``; rerunning the same command resumes unfinished runs and
@@ -23,6 +23,7 @@ PRESETS: dict[str, list[str]] = {
     "gspo": ["importance_sampling_level=sequence", "loss_type=grpo", "epsilon=3e-4",
              "epsilon_high=4e-4"],
     "cispo": ["loss_type=cispo", "epsilon_high=5.0"],
+    "ppo": ["method=ppo"],
     "e3_budget": ["method=e3", "e3.adaptive_temperature=false"],
     "e3_budget_mixed": ["method=e3", "e3.adaptive_temperature=false", "e3.budget_rule=mixed"],
     "e3_temperature": ["method=e3", "e3.budget=false"],

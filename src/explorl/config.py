@@ -176,7 +176,8 @@ class PPOConfig:
     adaptive_kl: bool = False
     """Adjust ``kl_coef`` towards ``target_kl`` (Ziegler et al. 2019)."""
     target_kl: float = 6.0
-    """Mean KL per token the adaptive controller aims at."""
+    """KL per sequence (summed over its tokens, mean over the batch) the adaptive controller
+    aims at."""
     kl_horizon: int = 10000
     """Sequences over which the adaptive controller moves by at most 20%."""
     whiten_rewards: bool = False
@@ -192,10 +193,22 @@ class PPOConfig:
             need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         for key in ("gamma", "lam"):
             need(0 <= getattr(self, key) <= 1, key, "must be in [0, 1]")
-        for key in ("cliprange", "cliprange_value", "vf_coef", "kl_coef", "target_kl"):
+        for key in ("cliprange", "cliprange_value", "vf_coef", "kl_coef"):
             need(getattr(self, key) >= 0, key, "must be >= 0")
+        need(self.target_kl > 0, "target_kl", f"must be > 0, got {self.target_kl}")
+        need(not self.adaptive_kl or self.kl_coef > 0, "adaptive_kl", "needs kl_coef > 0 to "
+             "adapt")
+        rows = cfg.prompts_per_step * cfg.num_generations
+        need(self.num_mini_batches <= rows, "num_mini_batches", f"must be <= the rollouts per "
+             f"step ({rows}), got {self.num_mini_batches}")
         need(self.critic_learning_rate is None or self.critic_learning_rate > 0,
              "critic_learning_rate", "must be > 0 (or none)")
+        if self.critic_init == "reward_model":
+            from explorl.rewards.reward_model import is_reward_model_path
+
+            need(any(is_reward_model_path(s) for s in cfg.reward_funcs), "critic_init",
+                 "reward_model needs a reward model in reward_funcs (a folder written by "
+                 "explorl rm)")
 
 
 @dataclass
@@ -392,8 +405,8 @@ class TrainConfig:
         for key in ("warmup_steps", "eval_every", "save_every", "micro_batch_size", "lora_r",
                     "log_completions_every"):
             need(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
-        need(self.num_generations >= 2, "num_generations", "group-relative advantages need "
-             f"at least 2 generations per prompt, got {self.num_generations}")
+        need(self.num_generations >= 2, "num_generations", "at least 2 generations per prompt "
+             f"(a group), got {self.num_generations}")
         need(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
         need(self.eval_temperature > 0, "eval_temperature", "must be > 0")
         need(all(k >= 1 for k in self.eval_pass_k), "eval_pass_k", "every k must be >= 1")
@@ -409,9 +422,9 @@ class TrainConfig:
             need(len(self.reward_weights) == len(self.reward_funcs), "reward_weights",
                  f"{len(self.reward_weights)} weights for {len(self.reward_funcs)} reward "
                  "functions")
-        self._check_loss(need)
-        if self.uses("ppo"):
+        if self.uses("ppo"):  # first: what PPO refuses explains more than the GRPO checks
             self._check_ppo(need)
+        self._check_loss(need)
 
     def _check_ppo(self, need: Need) -> None:
         """What PPO cannot honour, each refused by name."""
@@ -422,10 +435,14 @@ class TrainConfig:
                "epsilon": (self.epsilon == 0.2 and self.epsilon_high is None,
                            "method=ppo clips the ratio at ppo.cliprange; leave epsilon and "
                            "epsilon_high unset"),
-               "advantage_estimator": (self.advantage_estimator == "grpo"
-                                       and self.scale_rewards == "group", "method=ppo takes its "
-                                       "baseline from the critic: group baselines and "
-                                       "scale_rewards do not apply"),
+               "advantage_estimator": (self.advantage_estimator == "grpo", "method=ppo takes "
+                                       "its baseline from the critic; leave it unset"),
+               "scale_rewards": (self.scale_rewards == "group", "method=ppo whitens its "
+                                 "advantages over the batch; leave it unset"),
+               "loss_type": (self.loss_type != "cispo", "method=ppo clips the ratio "
+                             "(ppo.cliprange); cispo does not apply"),
+               "kl_estimator": (self.kl_estimator == "k3", "method=ppo's penalty is in the "
+                                "reward: set ppo.kl_estimator"),
                "importance_sampling_level": (self.importance_sampling_level == "token",
                                              "method=ppo has per-token advantages: the ratio "
                                              "is per token"),
@@ -451,13 +468,17 @@ class TrainConfig:
 
 @dataclass
 class RMConfig:
+    """``explorl rm``: a Bradley-Terry reward model from preference pairs. Names follow TRL's
+    ``RewardConfig`` (``center_rewards_coefficient``, ``max_length``)."""
+
     model: str = "tiny"
     """The backbone: ``tiny``, ``smollm2``, or any Hugging Face causal-LM folder."""
     dataset: str | None = None
     """Preference pairs (``prompt``/``chosen``/``rejected``, implicit prompt, message lists, an
     optional ``margin`` column): ``.jsonl``, ``.json``, ``.parquet`` or a ``datasets`` folder."""
     eval_dataset: str | None = None
-    """Held-out pairs. Default: ``eval_fraction`` of ``dataset``, set aside before training."""
+    """Held-out pairs. Default: the pairs of ``eval_fraction`` of the prompts of ``dataset``, set
+    aside before training."""
     eval_fraction: float = 0.1
     output_dir: str = "runs/rm"
     seed: int = 0

@@ -28,7 +28,7 @@ from explorl.config import RMConfig
 from explorl.data.preferences import load_pairs, pair_text
 from explorl.data.tasks import PromptSampler
 from explorl.errors import UserError
-from explorl.models.policy import load_tokenizer, resolve_model_path
+from explorl.models.policy import disable_dropout, load_tokenizer, resolve_model_path
 from explorl.output_lock import OutputLock
 from explorl.tracking import MetricsLog, Progress, plot_run, truncate_metrics
 
@@ -55,6 +55,7 @@ def load_reward_backbone(name: str):
         raise UserError(f"model={name}: cannot load it as a reward model "
                         f"({str(e).splitlines()[0]})") from None
     model.config.pad_token_id = tokenizer.pad_token_id
+    disable_dropout(model)  # chosen and rejected are scored by the same function
     return model, tokenizer
 
 
@@ -73,8 +74,8 @@ def rewards_of(model, tokenizer, texts: list[str], max_length: int,
             input_ids[i, width - len(x):] = torch.tensor(x)
             mask[i, width - len(x):] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids).logits
-        out.append(logits[:, -1] if logits.dim() == 2 else logits)
+        inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
+        out.append(model(**{k: v.to(model.device) for k, v in inputs.items()}).logits[:, 0])
     return torch.cat(out).float()
 
 
@@ -102,13 +103,22 @@ def split_pairs(cfg: RMConfig) -> tuple[list[dict], list[dict]]:
     pairs = load_pairs(cfg.dataset, name="dataset")
     if cfg.eval_dataset is not None:
         return pairs, load_pairs(cfg.eval_dataset, name="eval_dataset")
-    order = np.random.default_rng(cfg.seed).permutation(len(pairs))
-    held = max(1, int(round(cfg.eval_fraction * len(pairs))))
-    if held >= len(pairs):
+    # held out by prompt: pairs of one prompt stay on one side
+    groups: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        groups.setdefault(repr(pair["prompt"]) if pair["prompt"] is not None else i, []).append(i)
+    order = np.random.default_rng(cfg.seed).permutation(len(groups))
+    keys, want, held = list(groups), max(1, round(cfg.eval_fraction * len(pairs))), []
+    for k in order:
+        if len(held) >= want:
+            break
+        held += groups[keys[k]]
+    if len(held) >= len(pairs):
         raise UserError(f"dataset: {len(pairs)} pair(s) leave none to train on after holding "
-                        f"out eval_fraction={cfg.eval_fraction}; give more pairs or an "
-                        "eval_dataset")
-    return [pairs[i] for i in order[held:]], [pairs[i] for i in order[:held]]
+                        f"out eval_fraction={cfg.eval_fraction} of the prompts; give more pairs "
+                        "or an eval_dataset")
+    rest = sorted(set(range(len(pairs))) - set(held))
+    return [pairs[i] for i in rest], [pairs[i] for i in held]
 
 
 class RewardModelTrainer:

@@ -2,7 +2,7 @@
 
 One JSON line per completion: ``prompt``, ``completion``, ``reward`` (null where the reward is
 unknown), then the data set's own columns. ``explorl pairs`` turns such a file into preference
-pairs for ``explorl rm``; ``method=ilql`` trains on it offline.
+pairs for ``explorl rm``.
 """
 
 from __future__ import annotations
@@ -44,11 +44,12 @@ def sample_rows(engine: RolloutEngine, tokenizer, rows: list[dict], scorer: Scor
                                   max_new_tokens)
         ids = rollout.completions()
         texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-        sample_rows = [chunk[g] for g in rollout.group_ids.tolist()]
-        rewards = scorer(sample_rows, texts, ids).total.tolist()
-        for row, text, reward in zip(sample_rows, texts, rewards):
+        owners = [chunk[g] for g in rollout.group_ids.tolist()]
+        rewards = scorer(owners, texts, ids).total.tolist()
+        for row, text, reward in zip(owners, texts, rewards):
             columns = {k: _plain(v) for k, v in row.items() if k != "prompt"}
-            out.append({"prompt": row["prompt"], "completion": text,
+            out.append({"prompt": row["prompt"],
+                        "completion": scorer.codec.completion(row["prompt"], text),
                         "reward": reward if math.isfinite(reward) else None, **columns})
     return out
 

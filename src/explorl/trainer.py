@@ -104,9 +104,9 @@ class Trainer:
         self.codec = PromptCodec(self.tokenizer, cfg.apply_chat_template, cfg.max_prompt_length)
         task = load_task(cfg)
         self.train_rows, self.eval_rows = task.train, task.eval
-        self.scorer = self._scorer(task.default_reward)
         self.prompt_ids = [self.codec.encode(r["prompt"]) for r in self.train_rows]
         self.model, ref_model = build_policy(cfg)
+        self.scorer = self._scorer(task.default_reward)  # a reward model on the policy's device
         self._check_lengths()
         self.dist = Parallel()  # several processes only under accelerate launch or torchrun
         self.dist.refuse_unsupported(cfg)
@@ -140,7 +140,8 @@ class Trainer:
         cfg = self.cfg
         self.rubric = RubricReward(cfg.rubric_reward,
                                    build_judge(cfg.judge, self.train_rows + self.eval_rows))
-        funcs = unique_names([("rubric", self.rubric) if s == "rubric" else resolve(s)
+        funcs = unique_names([("rubric", self.rubric) if s == "rubric"
+                              else resolve(s, self.model.device)
                               for s in cfg.reward_funcs or [default_reward]])
         scorer = Scorer(funcs, cfg.reward_weights or [1.0] * len(funcs), self.codec,
                         cfg.success_threshold, cfg.reward_timeout)

@@ -40,8 +40,9 @@ class Algorithm:
         """Row selections of a batch of ``size`` rows, one optimizer step each."""
         return [slice(None)]
 
-    def after_policy_step(self, batch: UpdateBatch, rows) -> dict:
-        """Train anything else on the same rows (a critic); returns its metrics."""
+    def after_policy_step(self, mini: UpdateBatch, rows) -> dict:
+        """Train anything else (a critic) on the mini-batch the policy just stepped on, whose
+        ``rows`` index the whole batch; returns its metrics."""
         return {}
 
     def state(self) -> dict:

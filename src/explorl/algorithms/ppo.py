@@ -27,7 +27,7 @@ from explorl.algorithms.losses import clipped_surrogate, kl_estimate, token_rati
 from explorl.batch import TrainBatch, UpdateBatch
 from explorl.checkpoint import optimizer_state, optimizer_state_dict
 from explorl.errors import UserError
-from explorl.models.policy import disable_dropout, positions, resolve_model_path
+from explorl.models.policy import disable_dropout, positions, precision, resolve_model_path
 from explorl.rollout.engine import Rollout
 
 
@@ -149,8 +149,9 @@ class PPO(Algorithm):
         self.critic_optimizer = torch.optim.AdamW(
             self.critic.parameters(), lr=cfg.ppo.critic_learning_rate or cfg.learning_rate,
             betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
-        self.max_grad_norm = cfg.max_grad_norm
+        self.max_grad_norm, self.bf16 = cfg.max_grad_norm, cfg.bf16
         self.values = self.returns = None  # of the batch being trained on
+        self.pending_kl: tuple[float, int] | None = None  # the controller's next observation
         self.last: dict = {}
 
     @staticmethod
@@ -159,11 +160,16 @@ class PPO(Algorithm):
             return cfg.model
         from explorl.rewards.reward_model import is_reward_model_path
 
-        found = [s for s in cfg.reward_funcs if is_reward_model_path(s)]
-        if not found:
-            raise UserError("ppo.critic_init: reward_model needs a reward model in reward_funcs "
-                            "(a folder written by explorl rm)")
-        return found[0] if not (Path(found[0]) / "final").exists() else f"{found[0]}/final"
+        found = [s for s in cfg.reward_funcs if is_reward_model_path(s)]  # checked in config
+        path = found[0] if not (Path(found[0]) / "final").exists() else f"{found[0]}/final"
+        from transformers import AutoTokenizer
+
+        vocab = [AutoTokenizer.from_pretrained(resolve_model_path(p)).get_vocab()
+                 for p in (path, cfg.model)]
+        if vocab[0] != vocab[1]:  # the critic reads the policy's token ids
+            raise UserError(f"ppo.critic_init: reward_model: {path} has another tokenizer than "
+                            "the policy; use critic_init=policy")
+        return path
 
     def bind(self, update) -> None:
         self.update = update
@@ -181,12 +187,13 @@ class PPO(Algorithm):
         if p.whiten_rewards:
             rewards = masked_whiten(rewards, loss_mask, shift_mean=False) * loss_mask
         advantages, self.returns = gae(rewards, self.values, loss_mask, p.gamma, p.lam)
-        kl = masked_mean(batch.old_logps - ref, loss_mask) if ref is not None \
-            else torch.tensor(0.0)
-        self.last = {"ppo/kl": float(kl), "ppo/kl_coef": self.kl.coef,
+        # KL per sequence (summed over its tokens), the quantity target_kl is stated in
+        kl = float(((batch.old_logps - ref) * loss_mask).sum(-1).mean()) if ref is not None \
+            else 0.0
+        self.last = {"ppo/kl": kl, "ppo/kl_coef": self.kl.coef,
                      "ppo/values": float(masked_mean(self.values, loss_mask)),
                      "ppo/returns": float(masked_mean(self.returns, loss_mask))}
-        self.kl.update(float(kl), len(batch))
+        self.pending_kl = (kl, len(batch))
         return masked_whiten(advantages, loss_mask) * loss_mask
 
     def policy_loss(self, logps, old_logps, advantages, mask):
@@ -197,20 +204,28 @@ class PPO(Algorithm):
         if self.ppo.num_mini_batches == 1:
             return [slice(None)]
         order = np.random.default_rng([self.seed, step, epoch]).permutation(size)
-        return [torch.as_tensor(part) for part in np.array_split(order, self.ppo.num_mini_batches)]
+        return [torch.as_tensor(part) for part in np.array_split(order, self.ppo.num_mini_batches)
+                if len(part)]  # an E3 budget can make a batch smaller than num_mini_batches
 
-    def after_policy_step(self, batch: UpdateBatch, rows) -> dict:
-        """One critic step on the same rows: the clipped value loss, times ``vf_coef``."""
-        mini = batch if isinstance(rows, slice) else batch.select(rows)
-        values = self.critic(mini.rollout)
+    def after_policy_step(self, mini: UpdateBatch, rows) -> dict:
+        """One critic step on the policy step's rows: the clipped value loss, times
+        ``vf_coef``; skipped when the loss or its gradient is not finite."""
+        if self.pending_kl:  # after the weights changed: an abandoned step leaves it alone
+            self.kl.update(*self.pending_kl)
+            self.pending_kl = None
+        with precision(self.critic.trunk, self.bf16):  # as the rollout's values were
+            values = self.critic(mini.rollout)
         loss, clipped = clipped_value_loss(values, self.values[rows], self.returns[rows],
                                            mini.loss_mask, self.ppo.cliprange_value)
         self.critic_optimizer.zero_grad(set_to_none=True)
         (self.ppo.vf_coef * loss).backward()
-        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.max_grad_norm)
-        self.critic_optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.max_grad_norm)
+        finite = bool(torch.isfinite(loss) and torch.isfinite(norm))
+        if finite:
+            self.critic_optimizer.step()
+        self.critic_optimizer.zero_grad(set_to_none=True)
         return {**self.last, "ppo/value_loss": float(loss.detach()),
-                "ppo/value_clip_fraction": float(clipped)}
+                "ppo/value_clip_fraction": float(clipped), "ppo/critic_skipped": int(not finite)}
 
     def state(self) -> dict:
         meta, _ = optimizer_state(self.critic_optimizer.state_dict())
@@ -222,6 +237,9 @@ class PPO(Algorithm):
                 **{f"critic_{k}": v for k, v in opt.items()}}
 
     def load(self, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+        if "kl_coef" not in state:
+            raise UserError("method=ppo cannot resume a checkpoint without a critic (written "
+                            "by another method); use resume=never or a new output_dir")
         self.kl.coef = state["kl_coef"]
         self.critic.load_state_dict({k[len("critic."):]: v for k, v in tensors.items()
                                      if k.startswith("critic.")})

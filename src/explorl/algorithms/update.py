@@ -97,7 +97,7 @@ class PolicyUpdate:
             for rows in self.algorithm.mini_batches(len(batch), step, epoch):
                 mini = batch if isinstance(rows, slice) else batch.select(rows)
                 metrics = self._one_step(mini)
-                metrics.update(self.algorithm.after_policy_step(batch, rows))
+                metrics.update(self.algorithm.after_policy_step(mini, rows))
         return metrics
 
     def _one_step(self, batch: UpdateBatch) -> dict:

@@ -106,6 +106,20 @@ def pairs_from_samples(samples: list[dict], threshold: float = 1.0, per_prompt: 
     return pairs
 
 
+def load_samples(source: Any) -> list[dict]:
+    """Scored samples (``explorl sample``'s rows), each checked for its fields."""
+    table = read_source(source, "samples")
+    if not table.rows:
+        raise UserError(f"{table.label}: data set is empty (no rows)")
+    for i, row in enumerate(table.rows):
+        missing = [k for k in ("prompt", "completion", "reward")
+                   if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise UserError(f"{table.where(i)}: missing field {missing[0]!r} (explorl sample "
+                            "writes prompt, completion and reward)")
+    return [plain_value(row) for row in table.rows]
+
+
 def _known(sample: dict) -> bool:
     r, text = sample.get("reward"), sample.get("completion")
     return isinstance(r, (int, float)) and math.isfinite(r) and bool(

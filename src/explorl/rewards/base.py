@@ -34,15 +34,15 @@ BUILTIN = {
 }
 
 
-def resolve(spec) -> tuple[str, Callable]:
+def resolve(spec, device: str | torch.device = "cpu") -> tuple[str, Callable]:
     """A callable, a built-in name, ``module:function`` or a reward model's folder ->
-    (name, callable)."""
+    (name, callable); a reward model runs on ``device`` (the policy's)."""
     if callable(spec):
         return getattr(spec, "__name__", type(spec).__name__), spec
     from explorl.rewards.reward_model import RewardModel, is_reward_model_path
 
     if is_reward_model_path(spec):
-        return "reward_model", RewardModel(spec)
+        return "reward_model", RewardModel(spec, device=device)
     if not isinstance(spec, str):
         raise UserError(f"reward_funcs: {spec!r} is not a callable or a 'module:function' string")
     target = BUILTIN.get(spec, spec)
