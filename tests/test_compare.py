@@ -21,10 +21,11 @@ def test_parse_spec():
         "herl.context=original", "e3.budget=false", "method=herl+e3"]
     from explorl.config import load_config
 
-    for name in ("gspo", "cispo", "e3_budget_mixed", "herl_blank", "herl+e3"):
+    for name in ("gspo", "cispo", "e3_budget_mixed", "herl_blank", "herl+e3", "ppo+e3"):
         load_config(None, parse_spec(name)[1])  # every preset is a valid configuration
-    with pytest.raises(UserError, match="unknown preset 'ppo'"):
-        parse_spec("ppo")
+    assert parse_spec("ppo+e3")[1] == ["method=ppo+e3"]
+    with pytest.raises(UserError, match="unknown preset 'bogus'"):
+        parse_spec("bogus")
 
 
 def test_compare_runs_every_seed_and_reuses_finished_runs(tmp_path):
