@@ -2,11 +2,11 @@
 
     python benchmarks/rlhf_report.py runs/rlhf docs/img/rlhf
 
-Part 1 (``exact/``): held-out greedy accuracy before and after, generated tokens and the mean
-time of a step and of its parts, per seed and as mean ± sample std. Part 2 (``rm_reward/``): the
-same, plus the reward model's score and the true accuracy of the sampled completions over the
-first and last 25 steps, and figures of both against generated tokens (over-optimisation shows
-as the score rising while true accuracy does not).
+Part 1 (``exact/``): held-out greedy accuracy before and after and generated tokens, per seed,
+and the gain as mean ± sample std (step time: ``benchmarks/ppo_step_time.py``). Part 2
+(``rm_reward/``): the same, plus the reward model's score and the true accuracy of the sampled
+completions over the first and last 25 steps, and figures of both against generated tokens
+(over-optimisation shows as the score rising while true accuracy does not).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ EDGE = 25  # steps averaged at the start and at the end of a run
 
 
 def runs_by_label(root: Path) -> dict[str, list[Path]]:
-    return {d.name: sorted(p for p in d.iterdir() if (p / "summary.json").exists())
-            for d in sorted(root.iterdir()) if d.is_dir()}
+    groups = {d.name: sorted(p for p in d.iterdir() if (p / "summary.json").exists())
+              for d in sorted(root.iterdir()) if d.is_dir()}
+    return {label: runs for label, runs in groups.items() if runs}
 
 
 def mean_of(records: list[dict], key: str) -> float:
@@ -38,8 +39,7 @@ def spread(values: list[float]) -> str:
 
 
 def table(groups: dict[str, list[Path]], rm_score: bool) -> str:
-    head = ["config", "seed", "held-out before", "after", "gain", "tokens", "s/step",
-            "s/update"]
+    head = ["config", "seed", "held-out before", "after", "gain", "tokens"]
     if rm_score:
         head += ["RM score first/last", "train acc first/last"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -51,8 +51,7 @@ def table(groups: dict[str, list[Path]], rm_score: bool) -> str:
             before, after = 100 * s["before"]["accuracy"], 100 * s["after"]["accuracy"]
             gains.append(after - before)
             cells = [label, run.name, f"{before:.1f}", f"{after:.1f}", f"{after - before:+.1f}",
-                     str(s["tokens_generated"]), f"{mean_of(m, 'time/step'):.2f}",
-                     f"{mean_of(m, 'time/update'):.2f}"]
+                     str(s["tokens_generated"])]
             if rm_score:
                 key = "reward/reward_model/mean"
                 cells += [f"{mean_of(m[:EDGE], key):.2f} / {mean_of(m[-EDGE:], key):.2f}",
