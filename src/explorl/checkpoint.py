@@ -111,6 +111,20 @@ def _write(tmp: Path, step: int, model, tokenizer, optimizer_sd: dict, trainer_s
     _fsync_dir(tmp)
 
 
+def save_final(run_dir: Path, model, tokenizer, summary: dict,
+               model_state: dict | None = None) -> None:
+    """``final/`` (the model and its tokenizer) and ``summary.json``, each replaced whole."""
+    final, tmp = run_dir / "final", run_dir / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    tmp_summary = run_dir / ".summary.json.tmp"
+    tmp_summary.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp_summary, run_dir / "summary.json")
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

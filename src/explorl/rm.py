@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
 from explorl.config import RMConfig
 from explorl.data.preferences import load_pairs, pair_text
 from explorl.data.tasks import PromptSampler
@@ -219,17 +218,10 @@ class RewardModelTrainer:
 
     def _finish(self, seconds: float) -> dict:
         after = self.evaluate()
-        final, tmp = self.out / "final", self.out / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
         summary = {"before": self.before, "after": after, "steps": self.step_done,
                    "train_pairs": len(self.train_pairs), "eval_pairs": len(self.eval_pairs),
                    "train_seconds": round(seconds, 1), "model": self.cfg.model}
-        (self.out / ".summary.json.tmp").write_text(json.dumps(summary, indent=2))
-        os.replace(self.out / ".summary.json.tmp", self.out / "summary.json")
+        save_final(self.out, self.model, self.tokenizer, summary)
         if self.cfg.plots:
             plot_run(self.out)
         return summary

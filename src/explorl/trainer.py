@@ -8,8 +8,6 @@ that order; the math lives in them.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import shutil
 import time
@@ -24,7 +22,7 @@ import torch
 from explorl.algorithms import build_algorithm
 from explorl.algorithms.update import PolicyUpdate
 from explorl.batch import ScoredBatch, TrainBatch
-from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
 from explorl.config import TrainConfig, save_config, validate
 from explorl.data.prompts import PromptCodec
 from explorl.data.tasks import PromptSampler, load_task
@@ -436,18 +434,10 @@ class Trainer:
 
     def _write_final(self, weights: dict | None, summary: dict) -> None:
         """``final/`` (the model, merged if LoRA; ``adapter/``), ``summary.json``, plots."""
-        final, tmp = self.out / "final", self.out / ".tmp-final"
-        shutil.rmtree(tmp, ignore_errors=True)
         if lora.is_lora(self.model):  # adapters alone, then the merged model in final/
             lora.save_adapter(self.model, self.out / "adapter")
             self.model = lora.merge_lora(self.model)
-        self.model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
-        self.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        tmp_summary = self.out / ".summary.json.tmp"
-        tmp_summary.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp_summary, self.out / "summary.json")
+        save_final(self.out, self.model, self.tokenizer, summary, model_state=weights)
         if self.cfg.plots:
             plot_run(self.out)
 

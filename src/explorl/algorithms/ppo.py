@@ -27,7 +27,13 @@ from explorl.algorithms.losses import clipped_surrogate, kl_estimate, token_rati
 from explorl.batch import TrainBatch, UpdateBatch
 from explorl.checkpoint import optimizer_state, optimizer_state_dict
 from explorl.errors import UserError
-from explorl.models.policy import disable_dropout, positions, precision, resolve_model_path
+from explorl.models.policy import (
+    disable_dropout,
+    load_tokenizer,
+    positions,
+    precision,
+    resolve_model_path,
+)
 from explorl.rollout.engine import Rollout
 
 
@@ -162,10 +168,7 @@ class PPO(Algorithm):
 
         found = [s for s in cfg.reward_funcs if is_reward_model_path(s)]  # checked in config
         path = found[0] if not (Path(found[0]) / "final").exists() else f"{found[0]}/final"
-        from transformers import AutoTokenizer
-
-        vocab = [AutoTokenizer.from_pretrained(resolve_model_path(p)).get_vocab()
-                 for p in (path, cfg.model)]
+        vocab = [load_tokenizer(p).get_vocab() for p in (path, cfg.model)]
         if vocab[0] != vocab[1]:  # the critic reads the policy's token ids
             raise UserError(f"ppo.critic_init: reward_model: {path} has another tokenizer than "
                             "the policy; use critic_init=policy")
