@@ -12,6 +12,8 @@ LONG_PROMPT = json.dumps({"prompt": "1+" * 300 + "1=", "answer": "301"}) + "\n"
 ROW = json.dumps({"prompt": "1+1=", "answer": "2"}) + "\n"
 TRAIN = "train output_dir={out}"
 DATA = "reward_funcs=arithmetic dataset={tmp}/d.jsonl"
+ILQL = "dataset={tmp}/s.jsonl max_steps=2 progress=false plots=false"
+SCORED = '{"prompt": "1+1=", "completion": "2", "reward": 1.0}\n'
 SMALL = "max_steps=2 eval_size=4 task_train_size=20 prompts_per_step=2 num_generations=2 " \
         "progress=false plots=false"
 
@@ -224,6 +226,31 @@ CASES = [
     ("pairs-row-without-reward", "pairs {tmp}/s.jsonl --out {out}/p.jsonl",
      {"s.jsonl": '{"prompt": "a", "completion": "b", "reward": 1}\n'
                  '{"prompt": "a", "completion": "c"}\n'}, "s.jsonl:2: missing field 'reward'"),
+    ("ilql-row-without-reward", f"{TRAIN} method=ilql {ILQL}",
+     {"s.jsonl": SCORED + '{"prompt": "1+1=", "completion": "3"}\n'},
+     "s.jsonl:2: missing field 'reward'"),
+    ("ilql-null-reward", f"{TRAIN} method=ilql {ILQL}",
+     {"s.jsonl": SCORED + '{"prompt": "1+1=", "completion": "3", "reward": null}\n'},
+     "s.jsonl:2: reward: expected a finite number, got None"),
+    ("ilql-nan-reward", f"{TRAIN} method=ilql {ILQL}",
+     {"s.jsonl": SCORED + '{"prompt": "1+1=", "completion": "3", "reward": NaN}\n'},
+     "s.jsonl:2: reward: expected a finite number, got nan"),
+    ("ilql-too-long", f"{TRAIN} method=ilql {ILQL}",
+     {"s.jsonl": SCORED + json.dumps({"prompt": "1+1=", "completion": "2" * 300,
+                                      "reward": 0.0}) + "\n"},
+     "s.jsonl:2: completion: 301 tokens (EOS included) after a 4-token prompt exceed the "
+     "model's 256 positions"),
+    ("ilql-negative-beta", f"{TRAIN} method=ilql {ILQL} ilql.beta=-1", {"s.jsonl": SCORED},
+     "ilql.beta: must be >= 0"),
+    ("ilql-builtin-data", f"{TRAIN} method=ilql", {}, "dataset: method=ilql learns from "
+     "scored samples"),
+    ("ilql-with-herl", f"{TRAIN} method=ilql+herl {ILQL}", {"s.jsonl": SCORED},
+     "method: 'ilql+herl': ilql learns offline"),
+    ("bc-nothing-to-imitate", f"{TRAIN} method=filtered_bc {ILQL}",
+     {"s.jsonl": '{"prompt": "1+1=", "completion": "3", "reward": 0}\n'},
+     "filtered_bc has nothing to imitate"),
+    ("eval-beta-without-heads", "eval tiny --ilql-beta 1 --size 2", {},
+     "--ilql-beta: tiny has no ILQL heads"),
     ("unknown-command", "bogus", {}, "bogus"),
     ("no-command", "", {}, "command"),
 ]

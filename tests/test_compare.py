@@ -24,6 +24,8 @@ def test_parse_spec():
     for name in ("gspo", "cispo", "e3_budget_mixed", "herl_blank", "herl+e3", "ppo+e3"):
         load_config(None, parse_spec(name)[1])  # every preset is a valid configuration
     assert parse_spec("ppo+e3")[1] == ["method=ppo+e3"]
+    for name in ("ilql", "filtered_bc"):  # offline: valid once given scored samples
+        load_config(None, [*parse_spec(name)[1], "dataset=s.jsonl"])
     with pytest.raises(UserError, match="unknown preset 'bogus'"):
         parse_spec("bogus")
 

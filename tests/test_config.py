@@ -78,7 +78,7 @@ def test_a_saved_config_loads_back(tmp_path):
 def test_method_names_one_algorithm_and_known_methods(method, fragment):
     with pytest.raises(UserError) as e:
         load_config(None, [f"method={method}"])
-    assert fragment + ": expected one algorithm (grpo, ppo)" in str(e.value)
+    assert fragment + ": expected one algorithm (grpo, ppo, ilql, filtered_bc)" in str(e.value)
 
 
 def test_every_key_is_checked_in_python_too(tmp_path):
@@ -94,7 +94,7 @@ def test_train_help_lists_every_key_by_section(capsys):
     import dataclasses
 
     from explorl.cli import main
-    from explorl.config import E3Config, HeRLConfig, JudgeConfig, PPOConfig
+    from explorl.config import E3Config, HeRLConfig, ILQLConfig, JudgeConfig, PPOConfig
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
@@ -102,8 +102,8 @@ def test_train_help_lists_every_key_by_section(capsys):
     assert "  herl.gamma: float = 1.0\n      Shaping of revision tokens' ratio" in text
     assert "  loss_type: grpo|dapo|dr_grpo|cispo = 'dapo'" in text
     for prefix, cls in (("", TrainConfig), ("herl.", HeRLConfig), ("e3.", E3Config),
-                        ("judge.", JudgeConfig), ("ppo.", PPOConfig)):
+                        ("judge.", JudgeConfig), ("ppo.", PPOConfig), ("ilql.", ILQLConfig)):
         for f in dataclasses.fields(cls):
-            if f.name not in ("herl", "e3", "judge", "ppo"):
+            if f.name not in ("herl", "e3", "judge", "ppo", "ilql"):
                 assert f"  {prefix}{f.name}: " in text, f.name
     assert "\nherl: HeRL, hindsight revisions of failed groups" in text

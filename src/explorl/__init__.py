@@ -2,7 +2,7 @@
 
 from explorl.config import TrainConfig, load_config
 
-__all__ = ["TrainConfig", "Trainer", "load_config"]
+__all__ = ["OfflineTrainer", "TrainConfig", "Trainer", "load_config"]
 __version__ = "0.1.0"
 
 
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from explorl.trainer import Trainer
 
         return Trainer
+    if name == "OfflineTrainer":
+        from explorl.offline import OfflineTrainer
+
+        return OfflineTrainer
     raise AttributeError(name)

@@ -42,6 +42,18 @@ class ScoredBatch:
 
 
 @dataclass
+class OfflineBatch:
+    """Scored samples from a fixed data set (offline methods): prompts left-padded,
+    completions (EOS included) right-padded."""
+
+    prompt_ids: torch.Tensor  # [N, Lp] long
+    prompt_mask: torch.Tensor  # [N, Lp] long
+    completion_ids: torch.Tensor  # [N, T] long
+    completion_mask: torch.Tensor  # [N, T] long
+    rewards: torch.Tensor  # [N] float
+
+
+@dataclass
 class TrainBatch:
     """The samples an algorithm trains on, row by row."""
 

@@ -112,12 +112,15 @@ def _write(tmp: Path, step: int, model, tokenizer, optimizer_sd: dict, trainer_s
 
 
 def save_final(run_dir: Path, model, tokenizer, summary: dict,
-               model_state: dict | None = None) -> None:
-    """``final/`` (the model and its tokenizer) and ``summary.json``, each replaced whole."""
+               model_state: dict | None = None, extra=None) -> None:
+    """``final/`` (the model and its tokenizer, and whatever ``extra(folder)`` writes beside
+    them) and ``summary.json``, each replaced whole."""
     final, tmp = run_dir / "final", run_dir / ".tmp-final"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True, state_dict=model_state)
     tokenizer.save_pretrained(tmp)
+    if extra is not None:
+        extra(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     tmp_summary = run_dir / ".summary.json.tmp"

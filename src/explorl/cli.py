@@ -41,6 +41,14 @@ def cmd_train(ns: argparse.Namespace) -> int:
     _quiet()
     from explorl.trainer import Trainer, before_after_table
 
+    if cfg.offline:
+        from explorl.offline import OfflineTrainer
+
+        summary = OfflineTrainer(cfg).train()
+        print(before_after_table(summary))
+        print(f"steps {summary['steps']} on {summary['train_samples']} scored samples, "
+              f"{summary['train_seconds']} s; output in {cfg.output_dir}/")
+        return 0
     trainer = Trainer(cfg)
     summary = trainer.train()
     if not trainer.dist.is_main:  # one report per run, not one per process
@@ -170,7 +178,18 @@ def _trainer_for(ns: argparse.Namespace, raw: dict):
     cfg = config_from_dict(raw)
     if not Path(ns.model).exists() and not is_named_model(ns.model):
         raise UserError(f"model {ns.model!r}: no such model folder or run directory")
-    return Trainer(cfg)
+    if ns.ilql_beta is not None and ns.ilql_beta < 0:
+        raise UserError(f"--ilql-beta {ns.ilql_beta}: must be >= 0")
+    trainer = Trainer(cfg)
+    from explorl.algorithms.ilql import attach_saved_heads
+    from explorl.models.policy import resolve_model_path
+
+    # a model trained with method=ilql decodes with its value heads, wherever it is sampled
+    beta = attach_saved_heads(trainer.model, resolve_model_path(ns.model), ns.ilql_beta)
+    if beta is None and ns.ilql_beta is not None:
+        raise UserError(f"--ilql-beta: {ns.model} has no ILQL heads (train it with "
+                        "method=ilql)")
+    return trainer
 
 
 def cmd_improve(ns: argparse.Namespace) -> int:
@@ -229,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     from explorl.config_files import help_text
 
     t = sub.add_parser("train", help="RL training (GRPO); no arguments: the embedded default",
-                       description="Train with GRPO (and HeRL, E3): one optional YAML file, "
+                       description="Train with GRPO (and HeRL, E3), PPO, or offline with ILQL "
+                       "or filtered BC: one optional YAML file, "
                        "then key=value overrides (section.key=value for a section's key).",
                        epilog=help_text(TrainConfig),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--size", type=int, default=1000, help="held-out prompts (default 1000)")
     e.add_argument("--max-new-tokens", type=int, default=16)
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    e.add_argument("--ilql-beta", type=float, default=None, help="decode a method=ilql "
+                    "model with logits + BETA (Q - V) (default: its saved beta; 0: its "
+                    "behaviour-cloned model)")
     e.set_defaults(fn=cmd_eval)
     r = sub.add_parser("rm", help="a Bradley-Terry reward model from preference pairs",
                        epilog=help_text(RMConfig),
@@ -267,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--temperature", type=float, default=1.0)
     sm.add_argument("--max-new-tokens", type=int, default=16)
     sm.add_argument("--seed", type=int, default=0)
+    sm.add_argument("--ilql-beta", type=float, default=None, help="decode a method=ilql "
+                    "model with logits + BETA (Q - V) (default: its saved beta; 0: its "
+                    "behaviour-cloned model)")
     sm.set_defaults(fn=cmd_sample)
     pr = sub.add_parser("pairs", help="preference pairs from sampled completions")
     pr.add_argument("samples", help="explorl sample's JSONL")
@@ -293,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--judge-api-key-env", dest="judge.api_key_env", default=None)
     i.add_argument("--show", type=int, default=0, help="print this many final answers")
     i.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    i.add_argument("--ilql-beta", type=float, default=None, help="decode a method=ilql "
+                    "model with logits + BETA (Q - V) (default: its saved beta; 0: its "
+                    "behaviour-cloned model)")
     i.set_defaults(fn=cmd_improve)
     c = sub.add_parser("compare", help="several configurations x seeds: one table, plots")
     c.add_argument("specs", nargs="+", metavar="SPEC",

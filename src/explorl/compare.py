@@ -1,8 +1,9 @@
 """``explorl compare``: several configurations x N seeds, one table and shared plots.
 
 A SPEC is a preset name (``grpo``, ``dapo``, ``dr_grpo``, ``rloo``, ``gspo``, ``cispo``, ``ppo``,
-``e3_budget``, ``e3_budget_mixed``, ``e3_temperature``, ``e3``, ``herl``, ...), presets joined
-with ``+`` (their methods are joined too: ``herl+e3``), or ``label:key=value,key=value``. Each
+``ilql``, ``filtered_bc`` (offline: give them ``dataset=samples.jsonl``), ``e3_budget``,
+``e3_budget_mixed``, ``e3_temperature``, ``e3``, ``herl``, ...), presets joined with ``+``
+(their methods are joined too: ``herl+e3``), or ``label:key=value,key=value``. Each
 run lives in ``<output>/<label>/seed<k>``; rerunning the same command resumes unfinished runs and
 reuses finished ones.
 """
@@ -24,6 +25,8 @@ PRESETS: dict[str, list[str]] = {
              "epsilon_high=4e-4"],
     "cispo": ["loss_type=cispo", "epsilon_high=5.0"],
     "ppo": ["method=ppo"],
+    "ilql": ["method=ilql"],
+    "filtered_bc": ["method=filtered_bc"],
     "e3_budget": ["method=e3", "e3.adaptive_temperature=false"],
     "e3_budget_mixed": ["method=e3", "e3.adaptive_temperature=false", "e3.budget_rule=mixed"],
     "e3_temperature": ["method=e3", "e3.budget=false"],
@@ -59,6 +62,7 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 
 def run_compare(specs: list[str], seeds: int = 3, overrides: list[str] | None = None,
                 config: str | None = None, out_dir: str = "runs/compare") -> dict:
+    from explorl.offline import OfflineTrainer
     from explorl.report import aggregate
     from explorl.trainer import Trainer
 
@@ -80,7 +84,7 @@ def run_compare(specs: list[str], seeds: int = 3, overrides: list[str] | None = 
             "steps") == cfg.max_steps
         if not done:
             print(f"compare: {label} seed {cfg.seed} -> {run_dir}", flush=True)
-            Trainer(cfg).train()
+            (OfflineTrainer if cfg.offline else Trainer)(cfg).train()
         groups.setdefault(label, []).append(run_dir)
     table = aggregate(groups, out)
     table["out_dir"] = str(out)

@@ -212,6 +212,41 @@ class PPOConfig:
 
 
 @dataclass
+class ILQLConfig:
+    """Implicit language Q-learning (Snell et al. 2022) on a fixed data set of scored samples;
+    on with ``method=ilql``. Names and defaults follow trlx's ``ILQLConfig`` unless stated."""
+
+    tau: float = 0.7
+    """Expectile V fits of the target Q (IQL's and trlx's 0.7)."""
+    gamma: float = 0.99
+    """Discount over completion tokens."""
+    cql_scale: float = 0.1
+    """Weight of the CQL term."""
+    awac_scale: float = 1.0
+    """Weight of the advantage-weighted behaviour cloning of the LM head."""
+    awac_beta: float = 0.0
+    """Inverse temperature of the AWAC weights ``exp(awac_beta * (Q - V))``; 0 (trlx's
+    default) clones the data as it is and leaves the improvement to decoding."""
+    alpha: float = 0.005
+    """Polyak rate of the target Q heads per sync: IQL's soft update (Kostrikov et al. 2021).
+    trlx's 0.001 every 5 steps barely moves the targets in a run of a few hundred steps."""
+    steps_for_target_q_sync: int = 1
+    two_qs: bool = True
+    """Two Q heads, the smaller target taken (clipped double Q)."""
+    beta: float = 4.0
+    """Decoding: ``logits + beta * (Q - V)`` (trlx's generation default); 0 decodes the
+    behaviour-cloned model. Saved with the heads; ``explorl eval --ilql-beta`` overrides it."""
+
+    def check(self, need: Need, cfg: TrainConfig) -> None:
+        need(0 < self.tau < 1, "tau", f"must be in (0, 1), got {self.tau}")
+        need(0 <= self.gamma <= 1, "gamma", "must be in [0, 1]")
+        need(0 < self.alpha <= 1, "alpha", f"must be in (0, 1], got {self.alpha}")
+        for key in ("cql_scale", "awac_scale", "awac_beta", "beta"):
+            need(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        need(self.steps_for_target_q_sync >= 1, "steps_for_target_q_sync", "must be >= 1")
+
+
+@dataclass
 class JudgeConfig:
     """The LLM judge of rubric criteria whose check is ``judge``
     (:mod:`explorl.rewards.judge`): an OpenAI-compatible endpoint or a local model."""
@@ -261,9 +296,10 @@ class TrainConfig:
     seed: int = 0
     method: str = "grpo"
     """The algorithm, then the exploration methods on top of it, joined by ``+``: ``grpo``
-    (default), ``ppo`` (a critic and GAE); ``herl`` (GRPO with hindsight revisions); ``e3`` (E3
-    budgets and temperature); e.g. ``herl+e3``, ``ppo+e3``. Each method's knobs are in its
-    section."""
+    (default), ``ppo`` (a critic and GAE), or, offline from scored samples, ``ilql``
+    (Q-learning) or ``filtered_bc`` (fine-tuning on the successful samples); ``herl`` (GRPO
+    with hindsight revisions); ``e3`` (E3 budgets and temperature); e.g. ``herl+e3``,
+    ``ppo+e3``. Each method's knobs are in its section."""
     max_steps: int = 500
     max_generated_tokens: int | None = None
     """Stop once this many tokens were generated (revisions included): equal-budget runs."""
@@ -276,6 +312,9 @@ class TrainConfig:
     the adapters."""
     lora_alpha: int = 32
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    train_batch_size: int = 64
+    """Samples per optimizer step of the offline methods (``ilql``, ``filtered_bc``); the
+    online ones take ``prompts_per_step * num_generations``."""
     eval_size: int = 1000
     """Held-out prompts evaluated before and after training (and every ``eval_every`` steps)."""
 
@@ -377,6 +416,7 @@ class TrainConfig:
     herl: HeRLConfig = field(default_factory=HeRLConfig)
     e3: E3Config = field(default_factory=E3Config)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    ilql: ILQLConfig = field(default_factory=ILQLConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     @property
@@ -424,6 +464,8 @@ class TrainConfig:
                  "functions")
         if self.uses("ppo"):  # first: what PPO refuses explains more than the GRPO checks
             self._check_ppo(need)
+        if self.offline:
+            self._check_offline(need)
         self._check_loss(need)
 
     def _check_ppo(self, need: Need) -> None:
@@ -452,6 +494,24 @@ class TrainConfig:
                           "hindsight prompt's states (use method=herl, i.e. GRPO)")}
         for key, (ok, message) in why.items():
             need(ok, key, message)
+
+    @property
+    def offline(self) -> bool:
+        """Whether the algorithm learns from a fixed data set (no sampling while training)."""
+        from explorl.algorithms import OFFLINE
+
+        return self.algorithm in OFFLINE
+
+    def _check_offline(self, need: Need) -> None:
+        need(not any(self.uses(m) for m in EXPLORATION), "method", f"{self.method!r}: "
+             f"{self.algorithm} learns offline; herl and e3 need sampling")
+        need(self.dataset is not None and not (isinstance(self.dataset, str)
+                                               and _builtin(self.dataset)), "dataset",
+             f"method={self.algorithm} learns from scored samples: dataset=samples.jsonl "
+             "(explorl sample writes them: prompt, completion, reward)")
+        need(self.train_batch_size >= 1, "train_batch_size", "must be >= 1")
+        need(self.beta == 0, "beta", f"method={self.algorithm} has no reference model; set "
+             "beta=0")
 
     def _check_loss(self, need: Need) -> None:
         need(self.epsilon >= 0, "epsilon", f"must be >= 0, got {self.epsilon}")
@@ -517,6 +577,12 @@ class RMConfig:
         need(self.center_rewards_coefficient is None or self.center_rewards_coefficient >= 0,
              "center_rewards_coefficient", "must be >= 0 (or none)")
 
+
+
+def _builtin(name: str) -> bool:
+    from explorl.data.tasks import BUILTIN_TASKS
+
+    return name in BUILTIN_TASKS
 
 
 RENAMED = {

@@ -315,8 +315,9 @@ def plot_run(run_dir: Path) -> list[Path]:
     """Plot a run's ``metrics.jsonl`` into ``run_dir/plots`` and return the PNGs written.
 
     Writes ``reward.png`` (mean with a ±std band), ``accuracy.png`` (train, plus
-    ``eval/accuracy`` points), ``entropy.png``, ``kl.png``, ``completion_length.png`` and,
-    only if temperature varies, ``temperature.png``. A plot whose metric never appears is skipped.
+    ``eval/accuracy`` points), ``entropy.png``, ``kl.png``, ``completion_length.png``, for
+    offline runs ``offline_losses.png`` and ``ilql_advantage.png`` and, only if temperature
+    varies, ``temperature.png``. A plot whose metric never appears is skipped.
     """
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
@@ -368,6 +369,25 @@ def plot_run(run_dir: Path) -> list[Path]:
             continue
         fig, ax = new_figure(title, "step", ylabel)
         _draw_smoothed(ax, x, y, label=key)
+        written.append(save_figure(fig, out / fname))
+
+    # offline methods: ILQL's losses and its advantages on successful and failed samples
+    for keys, fname, title, ylabel, log in (
+        (("ilql/loss_q", "ilql/loss_v", "ilql/loss_cql", "ilql/loss_awac", "bc/nll"),
+         "offline_losses.png", "Offline losses", "loss (log scale)", True),
+        (("ilql/advantage_success", "ilql/advantage_failure"), "ilql_advantage.png",
+         "ILQL: Q - V of the data's tokens", "Q - V", False),
+    ):
+        drawn = [(key, *series(records, key)) for key in keys]
+        drawn = [d for d in drawn if len(d[2])]
+        if not drawn:
+            continue
+        fig, ax = new_figure(title, "step", ylabel)
+        for i, (key, x, y) in enumerate(drawn):
+            _draw_smoothed(ax, x, y, label=key, color=f"C{i}")
+        if log:  # the terms differ by orders of magnitude
+            ax.set_yscale("log")
+        ax.legend(loc="best", fontsize="small")
         written.append(save_figure(fig, out / fname))
 
     x, y = series(records, "temperature")

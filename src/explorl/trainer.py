@@ -96,6 +96,9 @@ class Trainer:
         if cfg.dataset is None:
             cfg = replace(cfg, dataset="rubric" if cfg.uses("herl") else "arithmetic")
         validate(cfg)
+        if cfg.offline:
+            raise UserError(f"method={cfg.method} learns offline: use explorl.OfflineTrainer "
+                            "(explorl train picks it)")
         self.cfg = cfg
         set_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model)

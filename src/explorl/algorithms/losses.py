@@ -54,6 +54,24 @@ def cispo_surrogate(logps: torch.Tensor, ratio: torch.Tensor, advantages: torch.
     return -weight * advantages * logps, (ratio > cap) & (advantages > 0)
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is set (0 when none is)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def terminal_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token rewards ``[N, L]``: each sequence's score on its last masked token, 0
+    elsewhere; rows without a token or with an unknown (NaN) score get none."""
+    mask = mask.float()
+    rewards = torch.zeros_like(mask)
+    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    has_score = (mask.sum(-1) > 0) & ~scores.isnan()
+    rewards[torch.arange(len(scores)), last] = torch.where(
+        has_score, scores.float(), torch.zeros_like(mask[:, 0]))
+    return rewards
+
+
 def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str) -> torch.Tensor:
     """Per-token KL(pi || ref) estimate from samples of pi: k1 = log pi - log ref,
     k3 = exp(log ref - log pi) - (log ref - log pi) - 1 (non-negative, low variance)."""

@@ -23,7 +23,13 @@ import numpy as np
 import torch
 
 from explorl.algorithms.base import Algorithm
-from explorl.algorithms.losses import clipped_surrogate, kl_estimate, token_ratio
+from explorl.algorithms.losses import (
+    clipped_surrogate,
+    kl_estimate,
+    masked_mean,
+    terminal_rewards,
+    token_ratio,
+)
 from explorl.batch import TrainBatch, UpdateBatch
 from explorl.checkpoint import optimizer_state, optimizer_state_dict
 from explorl.errors import UserError
@@ -38,11 +44,6 @@ from explorl.rollout.engine import Rollout
 
 
 # --- the math, pure -----------------------------------------------------------------------------
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     """``(x - mean) / sqrt(var + 1e-8)`` over the masked entries, with the unbiased variance;
     without ``shift_mean`` the mean is added back (only the scale changes)."""
@@ -59,14 +60,9 @@ def token_rewards(scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Te
     """``r_t = -kl_coef * kl_t`` on every completion token, plus the sequence's score on its
     last token. Rows without a token, or with an unknown score, get only the penalty."""
     mask = mask.to(logps.dtype)
-    rewards = torch.zeros_like(logps)
+    rewards = terminal_rewards(scores, mask)
     if ref_logps is not None and kl_coef:
-        rewards = -kl_coef * kl_estimate(logps, ref_logps, estimator) * mask
-    last = (mask.sum(-1).long() - 1).clamp(min=0)
-    has_score = (mask.sum(-1) > 0) & ~scores.isnan()
-    rows = torch.arange(len(scores))
-    rewards[rows, last] += torch.where(has_score, scores, torch.zeros_like(scores)).to(
-        rewards.dtype)
+        rewards = rewards - kl_coef * kl_estimate(logps, ref_logps, estimator) * mask
     return rewards
 
 

@@ -120,6 +120,38 @@ def load_samples(source: Any) -> list[dict]:
     return [plain_value(row) for row in table.rows]
 
 
+def load_scored(source: Any, *, name: str = "dataset") -> list[dict]:
+    """Scored samples for offline training: each row's ``prompt``, ``completion`` and a finite
+    ``reward`` checked, and ``where`` (file:line) kept for later errors about the row."""
+    table = read_source(source, name)
+    if not table.rows:
+        raise UserError(f"{table.label}: data set is empty (no rows)")
+    out = []
+    for i, row in enumerate(table.rows):
+        where = table.where(i)
+        if not isinstance(row, dict):
+            raise UserError(f"{where}: expected an object with prompt, completion and reward, "
+                            f"got {type_name(row)}")
+        row = plain_value(row)
+        for key in ("prompt", "completion", "reward"):
+            if key not in row:
+                raise UserError(f"{where}: missing field {key!r} (a scored sample has prompt, "
+                                "completion and reward; explorl sample writes them)")
+        check_prompt(row["prompt"], where)
+        if isinstance(row["completion"], list):  # an empty string is a completion (EOS at once)
+            _check_answer(row["completion"], where, "completion")
+        elif not isinstance(row["completion"], str):
+            raise UserError(f"{where}: completion: expected a string or a list of messages, got "
+                            f"{type_name(row['completion'])}")
+        reward = row["reward"]
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)) \
+                or not math.isfinite(reward):
+            raise UserError(f"{where}: reward: expected a finite number, got {reward!r}")
+        out.append({"prompt": row["prompt"], "completion": row["completion"],
+                    "reward": float(reward), "where": where})
+    return out
+
+
 def _known(sample: dict) -> bool:
     r, text = sample.get("reward"), sample.get("completion")
     return isinstance(r, (int, float)) and math.isfinite(r) and bool(

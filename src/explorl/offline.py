@@ -1,0 +1,242 @@
+"""Offline training: an algorithm learns from a fixed data set of scored samples.
+
+``explorl train method=ilql dataset=samples.jsonl`` (or ``method=filtered_bc``): the rows
+``explorl sample`` writes (prompt, completion, reward) are tokenised once; each step draws
+``train_batch_size`` of them, the algorithm (:mod:`explorl.algorithms.ilql`,
+:mod:`explorl.algorithms.filtered_bc`) gives the loss, one optimizer step follows and the
+algorithm updates anything slow (ILQL's target heads). Nothing is sampled while training; the
+held-out set (``eval_dataset``: a file, or a built-in task's held-out split by its name) is
+decoded greedily before and after, the way the algorithm decodes (ILQL's value shift).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from explorl.algorithms import build_algorithm
+from explorl.batch import OfflineBatch
+from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
+from explorl.config import TrainConfig, save_config, validate
+from explorl.data.preferences import load_scored
+from explorl.data.prompts import PromptCodec
+from explorl.data.tasks import BUILTIN_TASKS, PromptSampler, load_task
+from explorl.errors import TrainingStopped, UserError
+from explorl.evaluation import evaluate
+from explorl.models import lora
+from explorl.models.policy import build_policy, load_tokenizer, precision
+from explorl.output_lock import OutputLock
+from explorl.rewards.base import resolve
+from explorl.rewards.judge import build_judge
+from explorl.rewards.rubric import RubricReward
+from explorl.rollout.engine import HFEngine, left_pad
+from explorl.tracking import MetricsLog, Progress, plot_run, truncate_metrics
+from explorl.trainer import adamw, set_seed
+
+
+class OfflineTrainer:
+    """Trains ``cfg.method`` (``ilql`` or ``filtered_bc``) on ``cfg.dataset``'s scored samples.
+    Bad input (config, rows, lengths, model) fails in the constructor, before anything is
+    written."""
+
+    def __init__(self, config: TrainConfig | None = None, **overrides):
+        cfg = replace(config or TrainConfig(method="ilql"), **overrides)
+        validate(cfg)
+        if not cfg.offline:
+            raise UserError(f"method={cfg.method}: not an offline method (ilql, filtered_bc)")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError(f"method={cfg.method}: offline training runs in one process")
+        self.cfg = cfg
+        set_seed(cfg.seed)
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.codec = PromptCodec(self.tokenizer, cfg.apply_chat_template, cfg.max_prompt_length)
+        self.model, _ = build_policy(cfg)
+        self.algorithm = build_algorithm(cfg, self.model)
+        self.samples = self._encode(self.algorithm.select(load_scored(cfg.dataset)))
+        self.eval_rows, self.reward = self._held_out()
+        trainable = lora.trainable_parameters(self.model) if cfg.lora_r \
+            else list(self.model.parameters())
+        self.params = trainable + self.algorithm.parameters()
+        self.optimizer = adamw(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                               betas=(cfg.adam_beta1, cfg.adam_beta2))
+        self.sampler = PromptSampler(len(self.samples), min(cfg.train_batch_size,
+                                                            len(self.samples)), cfg.seed)
+        self.engine = HFEngine(self.model, self.tokenizer, top_p=cfg.top_p)
+        self.out = Path(cfg.output_dir)
+        self.step_done, self.before, self.nonfinite_run = 0, None, 0
+
+    # --- set-up ------------------------------------------------------------------------------
+    def _encode(self, rows: list[dict]) -> list[tuple[list[int], list[int], float]]:
+        """(prompt ids, completion ids + EOS, reward) per row; a row longer than the model's
+        positions is refused, naming it."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for row in rows:
+            text = row["completion"]
+            text = text[-1]["content"] if isinstance(text, list) else text
+            prompt = self.codec.encode(row["prompt"])
+            completion = self.tokenizer(text, add_special_tokens=False).input_ids + [eos]
+            if limit is not None and len(prompt) + len(completion) > limit:
+                raise UserError(f"{row['where']}: completion: {len(completion)} tokens (EOS "
+                                f"included) after a {len(prompt)}-token prompt exceed the "
+                                f"model's {limit} positions")
+            out.append((prompt, completion, row["reward"]))
+        return out
+
+    def _held_out(self) -> tuple[list[dict], tuple | None]:
+        """The held-out rows and the reward function that grades them."""
+        cfg = self.cfg
+        if cfg.eval_dataset is None:
+            return [], None
+        if isinstance(cfg.eval_dataset, str) and cfg.eval_dataset in BUILTIN_TASKS:
+            task = load_task(replace(cfg, dataset=cfg.eval_dataset, eval_dataset=None))
+            rows, default = task.eval, task.default_reward
+        else:
+            rows = load_task(replace(cfg, dataset=cfg.eval_dataset, eval_dataset=None)).train
+            rows, default = rows[: cfg.eval_size], "rubric" if "rubric" in rows[0] else None
+        spec = (cfg.reward_funcs or [default])[0]
+        if spec == "rubric":
+            return rows, ("rubric", RubricReward(cfg.rubric_reward, build_judge(cfg.judge, rows)))
+        return rows, resolve(spec, self.model.device)
+
+    def lr_at(self, step: int) -> float:
+        warm = self.cfg.warmup_steps
+        return self.cfg.learning_rate * (min(1.0, step / warm) if warm else 1.0)
+
+    # --- one step ----------------------------------------------------------------------------
+    def batch(self, indices: list[int]) -> OfflineBatch:
+        prompts, completions, rewards = zip(*(self.samples[i] for i in indices))
+        pad = self.tokenizer.pad_token_id
+        prompt_ids, prompt_mask = left_pad(list(prompts), pad)
+        width = max(len(c) for c in completions)
+        completion_ids = torch.full((len(indices), width), pad, dtype=torch.long)
+        completion_mask = torch.zeros_like(completion_ids)
+        for i, c in enumerate(completions):
+            completion_ids[i, :len(c)] = torch.tensor(c)
+            completion_mask[i, :len(c)] = 1
+        device = self.model.device
+        return OfflineBatch(prompt_ids.to(device), prompt_mask.to(device),
+                            completion_ids.to(device), completion_mask.to(device),
+                            torch.tensor(rewards, dtype=torch.float32, device=device))
+
+    def step(self, step: int) -> dict:
+        """One optimizer step on the next ``train_batch_size`` samples; returns its metrics."""
+        cfg = self.cfg
+        indices, epoch = self.sampler.next()
+        batch = self.batch(indices)
+        with precision(self.model, cfg.bf16):
+            loss, metrics = self.algorithm.loss(self.model, batch)
+        lr = self.lr_at(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        finite = bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+            self.algorithm.after_step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_run = 0 if finite else self.nonfinite_run + 1
+        if self.nonfinite_run >= cfg.nonfinite_limit:
+            raise TrainingStopped(f"step {step}: {self.nonfinite_run} non-finite losses or "
+                                  "gradients in a row; lower learning_rate")
+        return {"step": step, "epoch": epoch, "loss": float(loss.detach()),
+                "reward/mean": float(batch.rewards.mean()), "grad_norm": float(grad_norm),
+                "lr": lr, "update_skipped": int(not finite), **metrics}
+
+    # --- the run -----------------------------------------------------------------------------
+    def evaluate(self, pass_k=(), decode: bool = True) -> dict | None:
+        """Held-out greedy accuracy (and pass@k), decoded as the algorithm decodes (or as the
+        plain model with ``decode=False``)."""
+        if not self.eval_rows:
+            return None
+        cfg = self.cfg
+        with precision(self.model, cfg.bf16), \
+                (self.algorithm.decoding(self.model) if decode else nullcontext()):
+            return evaluate(self.engine, self.tokenizer, self.eval_rows, self.reward,
+                            cfg.max_completion_length, pass_k=tuple(pass_k),
+                            temperature=cfg.eval_temperature, threshold=cfg.success_threshold,
+                            codec=self.codec, reward_timeout=cfg.reward_timeout)
+
+    def train(self) -> dict:
+        """Run to ``max_steps`` (resuming from the latest checkpoint); return the summary."""
+        lock = OutputLock(self.out)
+        lock.acquire()
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> dict:
+        cfg, start = self.cfg, time.perf_counter()
+        log = self._prepare_output()
+        if self.before is None:  # the starting model, before any head is trained
+            self.before = self.evaluate(cfg.eval_pass_k, decode=False)
+        progress = Progress(cfg.max_steps, initial=self.step_done, enabled=cfg.progress,
+                            desc=cfg.method)
+        try:
+            for step in range(self.step_done + 1, cfg.max_steps + 1):
+                try:
+                    metrics = self.step(step)
+                except TrainingStopped:
+                    self._checkpoint(self.step_done)
+                    raise
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                    metrics["eval/accuracy"] = (self.evaluate() or {}).get("accuracy")
+                log.write(metrics)
+                progress.update(metrics)
+                self.step_done = step
+                if cfg.save_every and step % cfg.save_every == 0 or step == cfg.max_steps:
+                    self._checkpoint(step)
+        finally:
+            progress.close()
+            log.close()
+        return self._finish(time.perf_counter() - start)
+
+    def _prepare_output(self) -> MetricsLog:
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoints = list_checkpoints(out)
+        if self.cfg.resume == "never":
+            for p in checkpoints:
+                shutil.rmtree(p)
+            checkpoints = []
+        if checkpoints:
+            state = load_checkpoint(checkpoints[-1], self.model, self.optimizer)
+            self.step_done, self.before = state["step"], state["before"]
+            self.sampler.load(state["sampler"])
+            self.algorithm.load(state["algorithm"], state["tensors"])
+            truncate_metrics(out / "metrics.jsonl", self.step_done)
+        save_config(self.cfg, out / "config.yaml")
+        return MetricsLog(out / "metrics.jsonl", append=bool(checkpoints))
+
+    def _checkpoint(self, step: int) -> None:
+        state = {"before": self.before, "sampler": self.sampler.state(),
+                 "algorithm": self.algorithm.state()}
+        save_checkpoint(self.out, step, self.model, self.tokenizer, self.optimizer.state_dict(),
+                        state, self.cfg.save_total_limit, extra_tensors=self.algorithm.tensors())
+
+    def _finish(self, seconds: float) -> dict:
+        after = self.evaluate(self.cfg.eval_pass_k)
+        summary = {"before": self.before, "after": after, "steps": self.step_done,
+                   "train_samples": len(self.samples), "tokens_generated": 0,
+                   "train_seconds": round(seconds, 1), "model": str(self.cfg.model),
+                   "method": self.cfg.method}
+        if lora.is_lora(self.model):
+            lora.save_adapter(self.model, self.out / "adapter")
+            self.model = lora.merge_lora(self.model)
+        save_final(self.out, self.model, self.tokenizer, summary, extra=self.algorithm.save)
+        if self.cfg.plots:
+            plot_run(self.out)
+        return summary
+
+
+__all__ = ["OfflineTrainer"]
