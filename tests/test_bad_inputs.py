@@ -241,7 +241,13 @@ CASES = [
      "s.jsonl:2: completion: 301 tokens (EOS included) after a 4-token prompt exceed the "
      "model's 256 positions"),
     ("ilql-negative-beta", f"{TRAIN} method=ilql {ILQL} ilql.beta=-1", {"s.jsonl": SCORED},
-     "ilql.beta: must be >= 0"),
+     "ilql.beta: must be >= 0 and finite"),
+    ("eval-nan-beta", "eval tiny --ilql-beta nan --size 2", {},
+     "--ilql-beta nan: must be a finite number >= 0"),
+    ("ilql-corrupt-heads", "eval {tmp}/m --ilql-beta 1 --size 2",
+     {"m/": lambda p: tiny_model_folder(p), "m/ilql.json": '{"beta": 1, "hidden_size": 16, '
+      '"vocab_size": 99, "two_qs": true}', "m/ilql_heads.safetensors": "not safetensors"},
+     "m: cannot load the ILQL heads"),
     ("ilql-builtin-data", f"{TRAIN} method=ilql", {}, "dataset: method=ilql learns from "
      "scored samples"),
     ("ilql-with-herl", f"{TRAIN} method=ilql+herl {ILQL}", {"s.jsonl": SCORED},

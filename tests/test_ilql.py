@@ -129,8 +129,10 @@ def metrics(out) -> list[dict]:
 
 
 def test_ilql_learns_values_that_separate_success_from_failure(tmp_path, samples):
-    trainer = offline(tmp_path / "run", samples, max_steps=60)
+    trainer = offline(tmp_path / "run", samples, max_steps=60, eval_dataset="arithmetic",
+                      eval_size=20)
     summary = trainer.train()
+    assert summary["before"]["n"] == summary["after"]["n"] == 20
     rows = metrics(tmp_path / "run")
     first = sum(r["ilql/loss_q"] for r in rows[:5]) / 5
     last = sum(r["ilql/loss_q"] for r in rows[-5:]) / 5
@@ -180,6 +182,46 @@ def test_ilql_decodes_better_than_the_data_it_learned_from(tmp_path):
     assert counts[0.0][1] >= 15 and counts[4.0][0] >= 18, counts
 
 
+def test_states_line_up_with_the_tokens_they_predict(tmp_path, samples):
+    """The hidden states the heads read are the LM head's input at the states before each
+    completion token: through the LM head they give the policy's log-probs of the tokens."""
+    from explorl.algorithms.ilql import hidden_and_logits
+    from explorl.models.policy import completion_logprobs
+
+    trainer = offline(tmp_path / "run", samples, max_steps=1)
+    batch = trainer.batch([0, 9, 17, 30])  # rows of different prompt and completion lengths
+    with torch.no_grad():
+        hidden, logits = hidden_and_logits(trainer.model, batch)
+        head = trainer.model.get_output_embeddings()
+        assert torch.allclose(head(hidden).float(), logits, atol=1e-5)
+        taken = torch.log_softmax(logits, -1).gather(
+            -1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+        logps = completion_logprobs(trainer.model, batch.prompt_ids, batch.prompt_mask,
+                                    batch.completion_ids, batch.completion_mask,
+                                    torch.ones(4), with_entropy=False).logps
+    mask = batch.completion_mask.bool()
+    assert torch.allclose(taken[mask], logps[mask], atol=1e-5)
+
+
+def test_micro_batches_give_the_whole_batch_loss(tmp_path, samples):
+    whole = offline(tmp_path / "a", samples, max_steps=1).step(1)
+    chunked = offline(tmp_path / "b", samples, max_steps=1, micro_batch_size=5).step(1)
+    for key in ("loss", "ilql/loss_q", "ilql/loss_cql", "ilql/loss_awac", "grad_norm"):
+        assert chunked[key] == pytest.approx(whole[key], rel=1e-5), key
+
+
+def test_truncated_samples_get_no_eos(tmp_path):
+    rows = [{"prompt": "1+1=", "completion": "2", "reward": 1.0},
+            {"prompt": "1+1=", "completion": "22", "reward": 0.0, "truncated": True}]
+    data = tmp_path / "s.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer = offline(tmp_path / "run", data, max_steps=1)
+    eos = trainer.tokenizer.eos_token_id
+    (_, ended, _), (_, cut, _) = trainer.samples
+    assert ended[-1] == eos and len(ended) == 2
+    assert eos not in cut and len(cut) == 2
+
+
 def test_saved_heads_load_beside_a_transformers_backbone(tmp_path, samples):
     from transformers import AutoModelForCausalLM
 
@@ -209,6 +251,30 @@ def test_ilql_resumes_exactly(tmp_path, samples):
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_signal_stops_offline_training_with_a_checkpoint_to_resume(tmp_path, samples):
+    import signal
+
+    from explorl.errors import Interrupted
+
+    straight = tmp_path / "straight"
+    offline(straight, samples, max_steps=4).train()
+    run = tmp_path / "run"
+    trainer = offline(run, samples, max_steps=4)
+    step = trainer.step
+
+    def step_then_signal(n):  # SIGTERM arrives during step 2
+        if n == 2:
+            trainer.interrupts.received = signal.SIGTERM
+        return step(n)
+
+    trainer.step = step_then_signal
+    with pytest.raises(Interrupted, match="SIGTERM: saved step 2"):
+        trainer.train()
+    assert (run / "checkpoint-2").is_dir()
+    offline(run, samples, max_steps=4).train()
+    assert [r["loss"] for r in metrics(run)] == [r["loss"] for r in metrics(straight)]
+
+
 def test_filtered_bc_trains_only_on_successes(tmp_path, samples):
     trainer = offline(tmp_path / "bc", samples, method="filtered_bc", max_steps=30)
     assert trainer.samples and all(r == 1.0 for _, _, r in trainer.samples)
@@ -223,7 +289,7 @@ def test_eval_cli_decodes_an_ilql_run_with_its_heads(tmp_path, samples, capsys):
 
     offline(tmp_path / "run", samples, max_steps=2).train()
     results = {}
-    for beta in ("0", "50"):
+    for beta in ("0", "100"):
         capsys.readouterr()
         assert main(["eval", str(tmp_path / "run"), "--size", "40", "--pass-k", "",
                      "--ilql-beta", beta, "--json"]) == 0
@@ -232,6 +298,8 @@ def test_eval_cli_decodes_an_ilql_run_with_its_heads(tmp_path, samples, capsys):
     assert main(["eval", str(tmp_path / "run" / "final"), "--size", "40", "--pass-k", "",
                  "--json"]) == 0  # the saved beta (4)
     assert 0 <= json.loads(capsys.readouterr().out)["accuracy"] <= 1
+    # two steps leave the heads close to their random start: beta 100 scrambles the answers
+    assert results["100"] < results["0"]
     # beta 0 decodes the backbone alone: the same as the backbone without the heads files
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -123,7 +123,9 @@ def test_sample_then_pairs_from_the_command_line(tmp_path, capsys):
     samples, pairs = tmp_path / "s.jsonl", tmp_path / "p.jsonl"
     assert main(["sample", "tiny", "--n", "4", "--size", "30", "--out", str(samples)]) == 0
     rows = [json.loads(x) for x in samples.read_text().splitlines()]
-    assert len(rows) == 120 and {"prompt", "completion", "reward", "answer"} <= set(rows[0])
+    assert len(rows) == 120 and {"prompt", "completion", "reward", "truncated",
+                                 "answer"} <= set(rows[0])
+    assert all(isinstance(r["truncated"], bool) for r in rows)
     assert all(r["reward"] == float(r["completion"].strip() == r["answer"]) for r in rows)
     assert main(["pairs", str(samples), "--out", str(pairs)]) == 0
     made = load_pairs(str(pairs))

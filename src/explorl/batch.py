@@ -3,6 +3,7 @@
 ``ScoredBatch``: samples with their rewards, what collecting returns (whole on every process).
 ``TrainBatch``: what the algorithm trains on, the scored batch after HeRL's changes if any.
 ``UpdateBatch``: this process's rows of it, with what the loss needs for them.
+``OfflineBatch``: scored samples from a fixed data set, for the offline methods.
 """
 
 from __future__ import annotations

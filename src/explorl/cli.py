@@ -178,8 +178,8 @@ def _trainer_for(ns: argparse.Namespace, raw: dict):
     cfg = config_from_dict(raw)
     if not Path(ns.model).exists() and not is_named_model(ns.model):
         raise UserError(f"model {ns.model!r}: no such model folder or run directory")
-    if ns.ilql_beta is not None and ns.ilql_beta < 0:
-        raise UserError(f"--ilql-beta {ns.ilql_beta}: must be >= 0")
+    if ns.ilql_beta is not None and not 0 <= ns.ilql_beta < float("inf"):
+        raise UserError(f"--ilql-beta {ns.ilql_beta}: must be a finite number >= 0")
     trainer = Trainer(cfg)
     from explorl.algorithms.ilql import attach_saved_heads
     from explorl.models.policy import resolve_model_path

@@ -242,7 +242,8 @@ class ILQLConfig:
         need(0 <= self.gamma <= 1, "gamma", "must be in [0, 1]")
         need(0 < self.alpha <= 1, "alpha", f"must be in (0, 1], got {self.alpha}")
         for key in ("cql_scale", "awac_scale", "awac_beta", "beta"):
-            need(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+            need(0 <= getattr(self, key) < float("inf"), key,
+                 f"must be >= 0 and finite, got {getattr(self, key)}")
         need(self.steps_for_target_q_sync >= 1, "steps_for_target_q_sync", "must be >= 1")
 
 

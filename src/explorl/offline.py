@@ -26,9 +26,10 @@ from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoin
 from explorl.config import TrainConfig, save_config, validate
 from explorl.data.preferences import load_scored
 from explorl.data.prompts import PromptCodec
-from explorl.data.tasks import BUILTIN_TASKS, PromptSampler, load_task
-from explorl.errors import TrainingStopped, UserError
+from explorl.data.tasks import PromptSampler, load_task
+from explorl.errors import Interrupted, TrainingStopped, UserError
 from explorl.evaluation import evaluate
+from explorl.interrupts import Interrupts
 from explorl.models import lora
 from explorl.models.policy import build_policy, load_tokenizer, precision
 from explorl.output_lock import OutputLock
@@ -70,6 +71,7 @@ class OfflineTrainer:
         self.engine = HFEngine(self.model, self.tokenizer, top_p=cfg.top_p)
         self.out = Path(cfg.output_dir)
         self.step_done, self.before, self.nonfinite_run = 0, None, 0
+        self.saved_step, self.interrupts = None, Interrupts()
 
     # --- set-up ------------------------------------------------------------------------------
     def _encode(self, rows: list[dict]) -> list[tuple[list[int], list[int], float]]:
@@ -82,7 +84,12 @@ class OfflineTrainer:
             text = row["completion"]
             text = text[-1]["content"] if isinstance(text, list) else text
             prompt = self.codec.encode(row["prompt"])
-            completion = self.tokenizer(text, add_special_tokens=False).input_ids + [eos]
+            # a completion cut off by the length limit did not choose to stop: no EOS to learn
+            completion = self.tokenizer(text, add_special_tokens=False).input_ids + \
+                ([] if row["truncated"] else [eos])
+            if not completion:
+                raise UserError(f"{row['where']}: completion: empty and truncated (no token "
+                                "to learn from)")
             if limit is not None and len(prompt) + len(completion) > limit:
                 raise UserError(f"{row['where']}: completion: {len(completion)} tokens (EOS "
                                 f"included) after a {len(prompt)}-token prompt exceed the "
@@ -95,13 +102,10 @@ class OfflineTrainer:
         cfg = self.cfg
         if cfg.eval_dataset is None:
             return [], None
-        if isinstance(cfg.eval_dataset, str) and cfg.eval_dataset in BUILTIN_TASKS:
-            task = load_task(replace(cfg, dataset=cfg.eval_dataset, eval_dataset=None))
-            rows, default = task.eval, task.default_reward
-        else:
-            rows = load_task(replace(cfg, dataset=cfg.eval_dataset, eval_dataset=None)).train
-            rows, default = rows[: cfg.eval_size], "rubric" if "rubric" in rows[0] else None
-        spec = (cfg.reward_funcs or [default])[0]
+        # a task's held-out split (built-in, reasoning-gym, CHAMP), or the rows of a file
+        task = load_task(replace(cfg, dataset=cfg.eval_dataset, eval_dataset=None))
+        rows = task.eval or task.train[: cfg.eval_size]
+        spec = (cfg.reward_funcs or [task.default_reward])[0]
         if spec == "rubric":
             return rows, ("rubric", RubricReward(cfg.rubric_reward, build_judge(cfg.judge, rows)))
         return rows, resolve(spec, self.model.device)
@@ -127,17 +131,26 @@ class OfflineTrainer:
                             torch.tensor(rewards, dtype=torch.float32, device=device))
 
     def step(self, step: int) -> dict:
-        """One optimizer step on the next ``train_batch_size`` samples; returns its metrics."""
+        """One optimizer step on the next ``train_batch_size`` samples (in chunks of
+        ``micro_batch_size``, gradients accumulated); returns its metrics."""
         cfg = self.cfg
         indices, epoch = self.sampler.next()
-        batch = self.batch(indices)
-        with precision(self.model, cfg.bf16):
-            loss, metrics = self.algorithm.loss(self.model, batch)
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        size = cfg.micro_batch_size or len(indices)
+        chunks = [self.batch(indices[s:s + size]) for s in range(0, len(indices), size)]
+        total = sum(int(c.completion_mask.sum()) for c in chunks)
+        loss, parts = torch.zeros(()), []
+        for chunk in chunks:
+            # every loss term is a mean over tokens: a chunk weighs by its share of them
+            share = int(chunk.completion_mask.sum()) / total
+            with precision(self.model, cfg.bf16):
+                chunk_loss, metrics = self.algorithm.loss(self.model, chunk)
+            (chunk_loss * share).backward()
+            loss = loss + chunk_loss.detach().cpu() * share
+            parts.append((share, metrics))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
         finite = bool(torch.isfinite(loss) and torch.isfinite(grad_norm))
         if finite:
@@ -148,9 +161,10 @@ class OfflineTrainer:
         if self.nonfinite_run >= cfg.nonfinite_limit:
             raise TrainingStopped(f"step {step}: {self.nonfinite_run} non-finite losses or "
                                   "gradients in a row; lower learning_rate")
-        return {"step": step, "epoch": epoch, "loss": float(loss.detach()),
-                "reward/mean": float(batch.rewards.mean()), "grad_norm": float(grad_norm),
-                "lr": lr, "update_skipped": int(not finite), **metrics}
+        rewards = torch.cat([c.rewards for c in chunks])
+        return {"step": step, "epoch": epoch, "loss": float(loss),
+                "reward/mean": float(rewards.mean()), "grad_norm": float(grad_norm), "lr": lr,
+                "update_skipped": int(not finite), **weighted(parts)}
 
     # --- the run -----------------------------------------------------------------------------
     def evaluate(self, pass_k=(), decode: bool = True) -> dict | None:
@@ -170,8 +184,9 @@ class OfflineTrainer:
         """Run to ``max_steps`` (resuming from the latest checkpoint); return the summary."""
         lock = OutputLock(self.out)
         lock.acquire()
-        try:
-            return self._run()
+        try:  # SIGTERM or SIGINT: the step in flight ends, then a checkpoint and a stop
+            with self.interrupts.installed(can_abandon=False):
+                return self._run()
         finally:
             lock.release()
 
@@ -184,6 +199,7 @@ class OfflineTrainer:
                             desc=cfg.method)
         try:
             for step in range(self.step_done + 1, cfg.max_steps + 1):
+                self._stop_if_interrupted()
                 try:
                     metrics = self.step(step)
                 except TrainingStopped:
@@ -196,10 +212,21 @@ class OfflineTrainer:
                 self.step_done = step
                 if cfg.save_every and step % cfg.save_every == 0 or step == cfg.max_steps:
                     self._checkpoint(step)
+            self._stop_if_interrupted()
         finally:
             progress.close()
             log.close()
         return self._finish(time.perf_counter() - start)
+
+    def _stop_if_interrupted(self) -> None:
+        signum = self.interrupts.received
+        if not signum:
+            return
+        if self.saved_step != self.step_done:
+            self._checkpoint(self.step_done)
+        raise Interrupted(signum, f"{Interrupts.name(signum)}: saved step {self.step_done} in "
+                                  f"{self.out / f'checkpoint-{self.step_done}'}; run the same "
+                                  "command to resume")
 
     def _prepare_output(self) -> MetricsLog:
         out = self.out
@@ -212,6 +239,7 @@ class OfflineTrainer:
         if checkpoints:
             state = load_checkpoint(checkpoints[-1], self.model, self.optimizer)
             self.step_done, self.before = state["step"], state["before"]
+            self.saved_step = self.step_done
             self.sampler.load(state["sampler"])
             self.algorithm.load(state["algorithm"], state["tensors"])
             truncate_metrics(out / "metrics.jsonl", self.step_done)
@@ -221,8 +249,15 @@ class OfflineTrainer:
     def _checkpoint(self, step: int) -> None:
         state = {"before": self.before, "sampler": self.sampler.state(),
                  "algorithm": self.algorithm.state()}
-        save_checkpoint(self.out, step, self.model, self.tokenizer, self.optimizer.state_dict(),
-                        state, self.cfg.save_total_limit, extra_tensors=self.algorithm.tensors())
+        self.saved_step = step
+        try:
+            save_checkpoint(self.out, step, self.model, self.tokenizer,
+                            self.optimizer.state_dict(), state, self.cfg.save_total_limit,
+                            extra_tensors=self.algorithm.tensors())
+        except OSError as e:  # a full disk: the last checkpoint stays
+            raise TrainingStopped(f"could not write {self.out}/checkpoint-{step} "
+                                  f"({e.strerror or e}); free space and run the same command "
+                                  "to resume") from None
 
     def _finish(self, seconds: float) -> dict:
         after = self.evaluate(self.cfg.eval_pass_k)
@@ -237,6 +272,16 @@ class OfflineTrainer:
         if self.cfg.plots:
             plot_run(self.out)
         return summary
+
+
+def weighted(parts: list[tuple[float, dict]]) -> dict:
+    """Chunk metrics as whole-batch ones: each a mean weighted by the chunks' token shares,
+    over the chunks where it is known."""
+    out = {}
+    for key in parts[0][1]:
+        known = [(w, m[key]) for w, m in parts if m.get(key) is not None]
+        out[key] = sum(w * v for w, v in known) / sum(w for w, _ in known) if known else None
+    return out
 
 
 __all__ = ["OfflineTrainer"]

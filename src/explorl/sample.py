@@ -1,8 +1,9 @@
 """``explorl sample``: N completions per prompt from a model, written with their rewards.
 
 One JSON line per completion: ``prompt``, ``completion``, ``reward`` (null where the reward is
-unknown), then the data set's own columns. ``explorl pairs`` turns such a file into preference
-pairs for ``explorl rm``.
+unknown), ``truncated`` (no EOS within ``--max-new-tokens``), then the data set's own columns.
+``explorl pairs`` turns such a file into preference pairs for ``explorl rm``; ``explorl train
+method=ilql`` learns from it as it is.
 """
 
 from __future__ import annotations
@@ -46,11 +47,13 @@ def sample_rows(engine: RolloutEngine, tokenizer, rows: list[dict], scorer: Scor
         texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
         owners = [chunk[g] for g in rollout.group_ids.tolist()]
         rewards = scorer(owners, texts, ids).total.tolist()
-        for row, text, reward in zip(owners, texts, rewards):
+        cut = rollout.truncated.tolist()
+        for row, text, reward, truncated in zip(owners, texts, rewards, cut):
             columns = {k: _plain(v) for k, v in row.items() if k != "prompt"}
             out.append({"prompt": row["prompt"],
                         "completion": scorer.codec.completion(row["prompt"], text),
-                        "reward": reward if math.isfinite(reward) else None, **columns})
+                        "reward": reward if math.isfinite(reward) else None,
+                        "truncated": truncated, **columns})
     return out
 
 

@@ -108,6 +108,15 @@ class ILQLHeads(torch.nn.Module):
         qs = [head(hidden) for head in self.target_q]
         return torch.stack(qs).amin(0) if len(qs) > 1 else qs[0]
 
+    def target_taken(self, hidden: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The smaller target Q of the taken tokens ``[N, T]``, from the rows of the last
+        layer that score them: no ``[N, T, V]`` tensor."""
+        qs = []
+        for head in self.target_q:
+            features, last = head[:2](hidden), head[2]
+            qs.append((features * last.weight[actions]).sum(-1) + last.bias[actions])
+        return torch.stack(qs).amin(0) if len(qs) > 1 else qs[0]
+
     def value(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.v(hidden).squeeze(-1)
 
@@ -122,13 +131,16 @@ class ValueShift:
     def __call__(self, module, args, logits):
         if not self.beta:
             return logits
-        hidden = args[0]
-        self.heads.to(hidden.device)
-        with torch.no_grad():
-            h = hidden.to(next(self.heads.parameters()).dtype)
-            shifted = shifted_logits(logits.float(), self.heads.target(h).float(),
-                                     self.heads.value(h).float(), self.beta)
+        with torch.no_grad(), full_precision(logits):
+            h = args[0].float()
+            shifted = shifted_logits(logits.float(), self.heads.target(h),
+                                     self.heads.value(h), self.beta)
         return shifted.to(logits.dtype)
+
+
+def full_precision(like: torch.Tensor):
+    """The heads in float32 even under bf16 autocast: beta (Q - V) scales their rounding."""
+    return torch.autocast(like.device.type, enabled=False)
 
 
 @contextmanager
@@ -157,12 +169,24 @@ def attach_saved_heads(model, folder: str | Path, beta: float | None = None) -> 
         meta = json.loads((folder / META_FILE).read_text())
         heads = ILQLHeads(meta["hidden_size"], meta["vocab_size"], meta["two_qs"])
         heads.load_state_dict(load_file(str(folder / HEADS_FILE)))
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise UserError(f"{folder / HEADS_FILE}: cannot load the ILQL heads "
-                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    beta = meta["beta"] if beta is None else beta
-    model.get_output_embeddings().register_forward_hook(ValueShift(heads.eval(), beta))
+        beta = float(meta["beta"] if beta is None else beta)
+    except Exception as e:  # noqa: BLE001 - any failure here means the files are unusable
+        reason = (str(e).splitlines() or [""])[0][:200]
+        raise UserError(f"{folder}: cannot load the ILQL heads ({type(e).__name__}: "
+                        f"{reason})") from None
+    if lm_head_sizes(model) != (meta["hidden_size"], meta["vocab_size"]):
+        raise UserError(f"{folder / META_FILE}: heads for hidden size {meta['hidden_size']} "
+                        f"and {meta['vocab_size']} tokens; the model's LM head has "
+                        f"{lm_head_sizes(model)}")
+    heads.to(model.device).eval()
+    model.get_output_embeddings().register_forward_hook(ValueShift(heads, beta))
     return beta
+
+
+def lm_head_sizes(model) -> tuple[int, int]:
+    """The LM head's input width and number of tokens (what the heads read and score)."""
+    vocab, hidden = model.get_output_embeddings().weight.shape
+    return hidden, vocab
 
 
 # --- the algorithm ------------------------------------------------------------------------------
@@ -187,9 +211,7 @@ class ILQL:
 
     def __init__(self, cfg, model):
         self.cfg, self.threshold = cfg.ilql, cfg.success_threshold
-        config = model.config
-        self.heads = ILQLHeads(config.hidden_size, config.vocab_size, cfg.ilql.two_qs).to(
-            model.device)
+        self.heads = ILQLHeads(*lm_head_sizes(model), cfg.ilql.two_qs).to(model.device)
         self.steps = 0
 
     def select(self, rows: list[dict]) -> list[dict]:
@@ -201,13 +223,14 @@ class ILQL:
     def loss(self, model, batch: OfflineBatch) -> tuple[torch.Tensor, dict]:
         c, heads, mask = self.cfg, self.heads, batch.completion_mask
         hidden, logits = hidden_and_logits(model, batch)
-        hidden = hidden.float()
         actions = batch.completion_ids
-        q_all = [head(hidden) for head in heads.q]
+        with full_precision(logits):
+            hidden = hidden.float()
+            q_all = [head(hidden) for head in heads.q]
+            with torch.no_grad():
+                target_q = heads.target_taken(hidden, actions)
+            v = heads.value(hidden)
         q_taken = [q.gather(-1, actions.unsqueeze(-1)).squeeze(-1) for q in q_all]
-        with torch.no_grad():
-            target_q = heads.target(hidden).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        v = heads.value(hidden)
         targets = bellman_targets(terminal_rewards(batch.rewards, mask), v.detach(), mask,
                                   c.gamma)
         loss_q = sum(masked_mean((q - targets) ** 2, mask) for q in q_taken)

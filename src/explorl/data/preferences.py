@@ -57,9 +57,11 @@ def _pair(row: Any, where: str) -> dict:
             "margin": float(margin)}
 
 
-def _check_answer(value: Any, where: str, key: str) -> None:
+def _check_answer(value: Any, where: str, key: str, allow_empty: bool = False) -> None:
+    """A string or assistant messages; empty text only with ``allow_empty`` (a sample whose
+    model stopped at once)."""
     if isinstance(value, str):
-        if not value.strip():
+        if not value.strip() and not allow_empty:
             raise UserError(f"{where}: {key}: empty completion")
         return
     if not isinstance(value, list) or not value:
@@ -69,7 +71,7 @@ def _check_answer(value: Any, where: str, key: str) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("content"), str) \
                 or not isinstance(message.get("role"), str):
             raise UserError(f"{where}: {key}[{i}]: expected a {{role, content}} message")
-    if not any(m["content"].strip() for m in value):
+    if not any(m["content"].strip() for m in value) and not allow_empty:
         raise UserError(f"{where}: {key}: empty completion")
 
 
@@ -121,8 +123,9 @@ def load_samples(source: Any) -> list[dict]:
 
 
 def load_scored(source: Any, *, name: str = "dataset") -> list[dict]:
-    """Scored samples for offline training: each row's ``prompt``, ``completion`` and a finite
-    ``reward`` checked, and ``where`` (file:line) kept for later errors about the row."""
+    """Scored samples for offline training: each row's ``prompt``, ``completion``, a finite
+    ``reward`` and an optional ``truncated`` flag checked, and ``where`` (file:line) kept for
+    later errors about the row."""
     table = read_source(source, name)
     if not table.rows:
         raise UserError(f"{table.label}: data set is empty (no rows)")
@@ -138,18 +141,18 @@ def load_scored(source: Any, *, name: str = "dataset") -> list[dict]:
                 raise UserError(f"{where}: missing field {key!r} (a scored sample has prompt, "
                                 "completion and reward; explorl sample writes them)")
         check_prompt(row["prompt"], where)
-        if isinstance(row["completion"], list):  # an empty string is a completion (EOS at once)
-            _check_answer(row["completion"], where, "completion")
-        elif not isinstance(row["completion"], str):
-            raise UserError(f"{where}: completion: expected a string or a list of messages, got "
-                            f"{type_name(row['completion'])}")
+        _check_answer(row["completion"], where, "completion", allow_empty=True)
         reward = row["reward"]
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) \
                 or not math.isfinite(reward):
             raise UserError(f"{where}: reward: expected a finite number, got {reward!r}")
+        truncated = row.get("truncated", False)
+        if not isinstance(truncated, bool):
+            raise UserError(f"{where}: truncated: expected true or false, got {truncated!r}")
         out.append({"prompt": row["prompt"], "completion": row["completion"],
-                    "reward": float(reward), "where": where})
+                    "reward": float(reward), "truncated": truncated, "where": where})
     return out
+
 
 
 def _known(sample: dict) -> bool:
