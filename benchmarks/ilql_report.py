@@ -36,8 +36,9 @@ def summary(run: Path) -> dict:
 
 def spread(values: list[float]) -> str:
     values = [100 * v for v in values]
-    std = np.std(values, ddof=1) if len(values) > 1 else float("nan")
-    return f"{np.mean(values):.1f} ± {std:.1f}"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
 
 
 def data_cost(samples: Path) -> tuple[int, int]:
