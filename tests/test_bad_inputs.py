@@ -5,6 +5,7 @@ and nothing written."""
 import json
 
 import pytest
+import torch
 
 from explorl.cli import main
 
@@ -257,6 +258,13 @@ CASES = [
      "filtered_bc has nothing to imitate"),
     ("eval-beta-without-heads", "eval tiny --ilql-beta 1 --size 2", {},
      "--ilql-beta: tiny has no ILQL heads"),
+    ("device-name", f"{TRAIN} device=gpu", {}, "device: 'gpu': expected auto, cpu, cuda"),
+    *([("device-without-gpu", f"{TRAIN} device=cuda", {}, "device=cuda: no CUDA GPU is "
+        "visible"),
+       ("device-index-without-gpu", f"{TRAIN} device=cuda:1", {}, "device=cuda:1: no CUDA GPU"),
+       ("device-ilql-without-gpu", f"{TRAIN} method=ilql {ILQL} device=cuda",
+        {"s.jsonl": SCORED}, "device=cuda: no CUDA GPU")]
+      if not torch.cuda.is_available() else []),
     ("unknown-command", "bogus", {}, "bogus"),
     ("no-command", "", {}, "command"),
 ]

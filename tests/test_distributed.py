@@ -102,10 +102,12 @@ def test_split_batch_gives_the_whole_batch_gradient(split_run, tmp_path, case):
     for name, t in whole.items():
         if name.startswith("weight."):
             continue
-        # The claim: the same gradient (and Adam moments, linear and quadratic in it). Another
-        # summation order changes float32 sums by a few ulps of their largest terms.
+        # The claim: the same gradient (and Adam moments, linear and quadratic in it). Each
+        # process cuts its micro-batches to their own longest row, so shapes and the order of
+        # every float32 sum differ: ~1e-5 of the largest term (eps 1.2e-7 over ~1e4 terms),
+        # and the terms exceed the sums ~10x (advantages of both signs cancel).
         scale = float(t.abs().max()) or 1.0
-        torch.testing.assert_close(ranks[0][name], t, rtol=1e-5, atol=1e-5 * scale, msg=name)
+        torch.testing.assert_close(ranks[0][name], t, rtol=1e-5, atol=1e-4 * scale, msg=name)
         if name in ranks[1]:  # Adam's gathered state exists on the first process only
             assert torch.equal(ranks[0][name], ranks[1][name]), name  # they agree exactly
     for name, t in whole.items():
@@ -173,20 +175,15 @@ def test_lora_under_sharded_engines_is_refused(tmp_path, engine):
     p.refuse_unsupported(TrainConfig(output_dir=str(tmp_path)))  # the engine alone is fine
 
 
-@pytest.mark.parametrize("env,cuda,match", [
-    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, False,
-     "DeepSpeed ZeRO stage 3: not supported, only stages 1 and 2"),
-    ({}, True, "runs on CPU processes only"),
-])
-def test_gpu_and_sharded_runs_are_refused_clearly(monkeypatch, env, cuda, match):
+def test_zero_stage_3_is_refused_clearly(monkeypatch):
     from explorl.distributed import Parallel
     from explorl.errors import UserError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    with pytest.raises(UserError, match=match):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(UserError, match="DeepSpeed ZeRO stage 3: not supported, only stages 1 "
+                                        "and 2"):
         Parallel()
 
 

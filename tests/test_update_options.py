@@ -21,6 +21,14 @@ def grads_after_update(trainer: Trainer, batch) -> dict[str, torch.Tensor]:
     return {k: v for k, v in tensors.items() if k.startswith("grad.")}
 
 
+def assert_same_gradient(grads: dict, reference: dict) -> None:
+    """Equal up to float32 summation order: micro-batches cut to their own longest row change
+    the shapes, so the order of every sum; advantages of both signs cancel in the gradient
+    (its terms are ~100x the sum), so 1e-4 of each tensor's norm (~1000 float32 epsilons)."""
+    for name, g in reference.items():
+        assert float((grads[name] - g).norm()) <= 1e-4 * float(g.norm()), name
+
+
 def count_calls(module: torch.nn.Module, into: list):
     return module.register_forward_hook(lambda m, args, out: into.append(out.dtype))
 
@@ -38,8 +46,7 @@ def test_micro_batches_accumulate_the_whole_batch_gradient(tmp_path, reference):
     count_calls(trainer.model.lm_head, calls)
     grads = grads_after_update(trainer, du.fixed_batch(trainer))
     assert len(calls) == 6  # 17 rows in chunks of 3: six forward passes, one optimizer step
-    for name, g in reference.items():
-        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-7, msg=name)
+    assert_same_gradient(grads, reference)
 
 
 def saved_for_backward(trainer: Trainer, batch) -> tuple[int, dict[str, torch.Tensor]]:

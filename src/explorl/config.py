@@ -12,6 +12,7 @@ class checks its own values in ``check``, next to its fields.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,6 +328,10 @@ class TrainConfig:
     temperature: float = 1.0
     """Sampling temperature. Log-probs, KL and entropy are taken from ``logits / temperature``."""
     top_p: float = 1.0
+    engine: Literal["fast", "hf"] = "fast"
+    """Rollout engine: ``fast`` (each group's prompt encoded once and shared by its samples,
+    finished rows dropped from the decode batch; token-identical to ``hf`` when greedy) or
+    ``hf`` (``model.generate``)."""
     max_prompt_length: int = 512
     max_completion_length: int = 16
     mask_truncated_completions: bool = False
@@ -374,12 +379,23 @@ class TrainConfig:
     """Samples per forward/backward chunk in the update (0: the whole batch at once). Gradients
     of the chunks accumulate into one optimizer step per training step (gradient accumulation):
     the update is the same whatever the chunk size."""
+    micro_batch_tokens: int = 0
+    """Padded tokens per forward/backward chunk (0: no limit): rows sorted by length fill each
+    chunk up to rows x longest row <= this, so one long HeRL hindsight prompt pads only its own
+    chunk (verl's dynamic batch size). Every chunk is cut to its own longest row either way."""
+    logits_chunk_size: int = 512
+    """Completion tokens whose logits are held at once when log-probs and entropy are taken
+    through the LM head (forward and backward), so that memory does not grow with vocabulary x
+    tokens; 0: all at once."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass instead of keeping them: less
     memory in the update for one more forward pass (Hugging Face models; non-reentrant)."""
     bf16: bool = False
     """bfloat16 autocast for forward passes (sampling, log-probs, evaluation); weights,
     gradients and optimizer state stay float32. Log-softmax runs in float32."""
+    device: str = "auto"
+    """``auto`` (the GPU when one is visible, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+    Under a launcher each process takes the GPU of its local rank. On CUDA, matmuls use TF32."""
     success_threshold: float = 1.0
     """A sample counts as correct when the first reward function gives at least this."""
     reward_failure_limit: float = 0.5
@@ -444,8 +460,10 @@ class TrainConfig:
                     "save_total_limit", "nonfinite_limit"):
             need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
         for key in ("warmup_steps", "eval_every", "save_every", "micro_batch_size", "lora_r",
-                    "log_completions_every"):
+                    "log_completions_every", "micro_batch_tokens", "logits_chunk_size"):
             need(getattr(self, key) >= 0, key, f"must be >= 0, got {getattr(self, key)}")
+        need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None, "device",
+             f"{self.device!r}: expected auto, cpu, cuda or cuda:N")
         need(self.num_generations >= 2, "num_generations", "at least 2 generations per prompt "
              f"(a group), got {self.num_generations}")
         need(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")

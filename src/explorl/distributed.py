@@ -39,7 +39,7 @@ def world_size() -> int:
 class Parallel:
     """Rank, world size and the few collectives the trainer needs; no-ops in one process."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         self.accelerator = None
         self.model = None  # the prepared (wrapped) model, set by ``prepare``
         self.rank, self.world = 0, 1
@@ -50,15 +50,10 @@ class Parallel:
         self.deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
         if self.deepspeed:
             self.zero_stage = _zero_stage()
-        # Rollouts, log-probs and evaluation build their tensors on the CPU: a GPU would get
-        # the model but not its inputs.
-        if torch.cuda.is_available():
-            raise UserError("distributed training runs on CPU processes only for now: hide the "
-                            "GPUs (CUDA_VISIBLE_DEVICES=) and use configs/accelerate/ddp_cpu.yaml "
-                            "(see docs/distributed.md)")
         from accelerate import Accelerator
 
-        self.accelerator = Accelerator(cpu=True)
+        # NCCL between GPUs (the process's GPU is set by devices.resolve_device), gloo on CPUs
+        self.accelerator = Accelerator(cpu=device is None or device.type == "cpu")
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
 

@@ -27,6 +27,7 @@ from explorl.config import TrainConfig, save_config, validate
 from explorl.data.preferences import load_scored
 from explorl.data.prompts import PromptCodec
 from explorl.data.tasks import PromptSampler, load_task
+from explorl.devices import resolve_device
 from explorl.errors import Interrupted, TrainingStopped, UserError
 from explorl.evaluation import evaluate
 from explorl.interrupts import Interrupts
@@ -36,7 +37,7 @@ from explorl.output_lock import OutputLock
 from explorl.rewards.base import resolve
 from explorl.rewards.judge import build_judge
 from explorl.rewards.rubric import RubricReward
-from explorl.rollout.engine import HFEngine, left_pad
+from explorl.rollout.engine import build_engine, left_pad
 from explorl.tracking import MetricsLog, Progress, plot_run, truncate_metrics
 from explorl.trainer import adamw, set_seed
 
@@ -57,7 +58,7 @@ class OfflineTrainer:
         set_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model)
         self.codec = PromptCodec(self.tokenizer, cfg.apply_chat_template, cfg.max_prompt_length)
-        self.model, _ = build_policy(cfg)
+        self.model, _ = build_policy(cfg, resolve_device(cfg.device, cfg.bf16))
         self.algorithm = build_algorithm(cfg, self.model)
         self.samples = self._encode(self.algorithm.select(load_scored(cfg.dataset)))
         self.eval_rows, self.reward = self._held_out()
@@ -68,7 +69,7 @@ class OfflineTrainer:
                                betas=(cfg.adam_beta1, cfg.adam_beta2))
         self.sampler = PromptSampler(len(self.samples), min(cfg.train_batch_size,
                                                             len(self.samples)), cfg.seed)
-        self.engine = HFEngine(self.model, self.tokenizer, top_p=cfg.top_p)
+        self.engine = build_engine(cfg, self.model, self.tokenizer)
         self.out = Path(cfg.output_dir)
         self.step_done, self.before, self.nonfinite_run = 0, None, 0
         self.saved_step, self.interrupts = None, Interrupts()

@@ -26,7 +26,8 @@ from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoin
 from explorl.config import TrainConfig, save_config, validate
 from explorl.data.prompts import PromptCodec
 from explorl.data.tasks import PromptSampler, load_task
-from explorl.distributed import Parallel
+from explorl.devices import resolve_device
+from explorl.distributed import Parallel, world_size
 from explorl.errors import Interrupted, TrainingStopped, UserError
 from explorl.evaluation import evaluate
 from explorl.exploration.budget import RolloutBudget
@@ -42,7 +43,7 @@ from explorl.rewards.base import Scorer, resolve
 from explorl.rewards.judge import build_judge
 from explorl.rewards.rubric import RubricReward
 from explorl.rollout.collect import Collector
-from explorl.rollout.engine import HFEngine, RolloutEngine
+from explorl.rollout.engine import RolloutEngine, build_engine
 from explorl.tracking import (
     MetricsLog,
     Progress,
@@ -84,8 +85,9 @@ def set_seed(seed: int) -> None:
 class Trainer:
     """GRPO and its variants, HeRL and E3, for any Hugging Face causal LM.
 
-    ``engine``: builds the rollout engine from ``(model, tokenizer)`` (default: Hugging Face
-    ``generate``, :class:`explorl.rollout.engine.HFEngine`). Everything that can fail on user
+    ``engine``: builds the rollout engine from ``(model, tokenizer)`` (default: the one
+    ``cfg.engine`` names, :class:`explorl.rollout.fast.FastEngine` or
+    :class:`explorl.rollout.engine.HFEngine`). Everything that can fail on user
     input (config, data, reward functions, model) fails in the constructor, before anything is
     written.
     """
@@ -106,17 +108,19 @@ class Trainer:
         task = load_task(cfg)
         self.train_rows, self.eval_rows = task.train, task.eval
         self.prompt_ids = [self.codec.encode(r["prompt"]) for r in self.train_rows]
-        self.model, ref_model = build_policy(cfg)
+        self.device = resolve_device(cfg.device, cfg.bf16, distributed=world_size() > 1)
+        self.model, ref_model = build_policy(cfg, self.device)
         self.scorer = self._scorer(task.default_reward)  # a reward model on the policy's device
         self._check_lengths()
-        self.dist = Parallel()  # several processes only under accelerate launch or torchrun
+        self.dist = Parallel(self.device)  # several processes only under a launcher
         self.dist.refuse_unsupported(cfg)
         self.train_model, self.optimizer = self.dist.prepare(self.model, lambda model: adamw(
             lora.trainable_parameters(model) if cfg.lora_r else model.parameters(),
             lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
             betas=(cfg.adam_beta1, cfg.adam_beta2)), cfg.max_grad_norm)
-        self.engine = (engine or self._hf_engine)(self.model, self.tokenizer)
-        self.collect = Collector(self.engine, self.scorer, self.tokenizer, self.dist)
+        self.engine = (engine or self._default_engine)(self.model, self.tokenizer)
+        self.collect = Collector(self.engine, self.scorer, self.tokenizer, self.dist,
+                                 self.device)
         self.algorithm = build_algorithm(cfg)
         self.hindsight = self._hindsight() if cfg.uses("herl") else None
         e3 = cfg.uses("e3")
@@ -151,8 +155,8 @@ class Trainer:
                             "another graded reward, and data with a 'rubric' column")
         return scorer
 
-    def _hf_engine(self, model, tokenizer) -> HFEngine:
-        return HFEngine(model, tokenizer, top_p=self.cfg.top_p)
+    def _default_engine(self, model, tokenizer) -> RolloutEngine:
+        return build_engine(self.cfg, model, tokenizer)
 
     def _hindsight(self) -> Hindsight:
         cfg = self.cfg

@@ -32,8 +32,8 @@ def group_baseline(rewards: torch.Tensor, group_ids: torch.Tensor,
     known = ~rewards.isnan()
     r = torch.where(known, rewards, torch.zeros_like(rewards))
     n_groups = int(group_ids.max()) + 1 if len(group_ids) else 0
-    sums = torch.zeros(n_groups, dtype=r.dtype).index_add_(0, group_ids, r)
-    counts = torch.zeros(n_groups, dtype=r.dtype).index_add_(0, group_ids, known.to(r.dtype))
+    sums = r.new_zeros(n_groups).index_add_(0, group_ids, r)
+    counts = r.new_zeros(n_groups).index_add_(0, group_ids, known.to(r.dtype))
     s, c = sums[group_ids], counts[group_ids]
     base = (s - r) / (c - 1) if leave_one_out else s / c
     ok = known & (c >= 2)
@@ -46,9 +46,8 @@ def group_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     mean = group_baseline(rewards, group_ids)
     dev2 = torch.where(known & ~mean.isnan(), (rewards - mean) ** 2, torch.zeros_like(rewards))
     n_groups = int(group_ids.max()) + 1
-    ss = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(0, group_ids, dev2)
-    counts = torch.zeros(n_groups, dtype=rewards.dtype).index_add_(
-        0, group_ids, known.to(rewards.dtype))
+    ss = rewards.new_zeros(n_groups).index_add_(0, group_ids, dev2)
+    counts = rewards.new_zeros(n_groups).index_add_(0, group_ids, known.to(rewards.dtype))
     var = ss / (counts - 1)
     return torch.where(counts >= 2, var, torch.full_like(var, float("nan"))).sqrt()[group_ids]
 
@@ -68,7 +67,7 @@ def group_relative(inputs: AdvantageInputs, baseline: str = "mean",
         adv = centred / (group_std(r, inputs.group_ids) + eps)
     elif scale_rewards == "batch":
         known = r[~r.isnan()]
-        std = known.std() if known.numel() >= 2 else torch.tensor(float("nan"))
+        std = known.std() if known.numel() >= 2 else r.new_tensor(float("nan"))
         adv = centred / (std + eps)
     elif scale_rewards == "none":
         adv = centred

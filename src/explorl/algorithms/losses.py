@@ -67,7 +67,7 @@ def terminal_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     rewards = torch.zeros_like(mask)
     last = (mask.sum(-1).long() - 1).clamp(min=0)
     has_score = (mask.sum(-1) > 0) & ~scores.isnan()
-    rewards[torch.arange(len(scores)), last] = torch.where(
+    rewards[torch.arange(len(scores), device=mask.device), last] = torch.where(
         has_score, scores.float(), torch.zeros_like(mask[:, 0]))
     return rewards
 

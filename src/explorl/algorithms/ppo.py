@@ -78,7 +78,7 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     after = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
     next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
     advantages = torch.zeros_like(rewards)
-    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    running = rewards.new_zeros(rewards.shape[0])
     for t in reversed(range(width)):
         delta = rewards[:, t] + gamma * next_values[:, t] - values[:, t]
         running = delta + gamma * lam * running * after[:, t]
@@ -172,6 +172,7 @@ class PPO(Algorithm):
 
     def bind(self, update) -> None:
         self.update = update
+        self.critic.to(update.model.device)  # in place: the optimizer keeps its parameters
 
     def advantages(self, batch: TrainBatch, loss_mask: torch.Tensor) -> torch.Tensor:
         """KL-penalised token rewards, critic values, GAE, whitened; the sampling policy's

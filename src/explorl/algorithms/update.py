@@ -28,6 +28,21 @@ SUMMED = ("loss", "kl", "entropy", "entropy_t1", "clip_fraction", "loss/on_polic
 RevisionLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def micro_batches(lengths: list[int], size: int = 0, tokens: int = 0) -> list[list[int]]:
+    """Rows (by index) sorted from the longest, cut into chunks of at most ``size`` rows and
+    ``tokens`` padded tokens (rows x the chunk's longest row); 0: no limit. A row longer than
+    ``tokens`` has a chunk of its own. Similar lengths share a chunk, so little is padding."""
+    chunks: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        chunk = chunks[-1] if chunks else None
+        if chunk is None or (size and len(chunk) >= size) or \
+                (tokens and (len(chunk) + 1) * lengths[chunk[0]] > tokens):
+            chunks.append([i])
+        else:
+            chunk.append(i)
+    return chunks
+
+
 class PolicyUpdate:
     """Owns what the update needs besides the algorithm: the model (``model`` to read,
     ``train_model`` the prepared one to train through), the frozen reference (``ref_model``, or
@@ -60,32 +75,42 @@ class PolicyUpdate:
                            own(batch.revision), own(batch.behaviour_logps), norm,
                            int(batch.rollout.completion_mask.sum()))
 
-    @torch.no_grad()
     def logprobs(self, rollout: Rollout) -> torch.Tensor:
         """The policy's log-probs of a rollout's completion tokens (no gradient)."""
-        return self._stats(self.model, rollout, with_entropy=False).logps
+        return self._logps(self.model, rollout)
 
     def _old_logps(self, rollout: Rollout) -> torch.Tensor | None:
         # With one optimizer step per batch the ratio is exactly 1: nothing to store.
         steps = self.algorithm.epochs * len(self.algorithm.mini_batches(len(rollout), 0, 0))
         return self.logprobs(rollout) if steps > 1 else None
 
-    @torch.no_grad()
     def ref_logprobs(self, rollout: Rollout) -> torch.Tensor:
         """The frozen reference's log-probs (the base model with LoRA adapters off)."""
         if self.cfg.lora_r:
             with lora.adapters_disabled(self.model):
-                return self._stats(self.model, rollout, with_entropy=False).logps
-        return self._stats(self.ref_model, rollout, with_entropy=False).logps
+                return self._logps(self.model, rollout)
+        return self._logps(self.ref_model, rollout)
 
-    def _stats(self, model, rollout: Rollout, rows=slice(None), with_entropy: bool | str = True,
+    @torch.no_grad()
+    def _logps(self, model, rollout: Rollout) -> torch.Tensor:
+        """Log-probs ``[N, Lc]`` (0 at padding), in the update's micro-batches."""
+        out = torch.zeros(rollout.completion_ids.shape, device=rollout.completion_ids.device)
+        for rows in self._micro_batches(rollout):
+            logps = self._stats(model, rollout.select(rows).trimmed(), with_entropy=False).logps
+            out[torch.tensor(rows, device=out.device), :logps.shape[1]] = logps
+        return out
+
+    def _micro_batches(self, rollout: Rollout) -> list[list[int]]:
+        lengths = (rollout.prompt_mask.sum(-1) + rollout.lengths).tolist()
+        return micro_batches(lengths, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
+
+    def _stats(self, model, rollout: Rollout, with_entropy: bool | str = True,
                entropy_at_one: bool = False) -> TokenStats:
         with precision(self.model, self.cfg.bf16):
             return completion_logprobs(
-                model, rollout.prompt_ids[rows], rollout.prompt_mask[rows],
-                rollout.completion_ids[rows], rollout.completion_mask[rows],
-                rollout.temperatures[rows], with_entropy=with_entropy,
-                entropy_at_one=entropy_at_one)
+                model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
+                rollout.completion_mask, rollout.temperatures, with_entropy=with_entropy,
+                entropy_at_one=entropy_at_one, chunk_size=self.cfg.logits_chunk_size)
 
     # --- the update ----------------------------------------------------------------------------
     def step(self, batch: UpdateBatch, lr: float, step: int = 0) -> dict:
@@ -101,13 +126,10 @@ class PolicyUpdate:
         return metrics
 
     def _one_step(self, batch: UpdateBatch) -> dict:
+        chunks = self._micro_batches(batch.rollout)
         # Forward and backward passes are collective under DDP/FSDP: every process makes as many
-        # as the one with the most rows, the others adding zero-weight passes over a row.
-        most_rows = math.ceil(batch.norm.num_sequences / self.dist.world)
-        size = self.cfg.micro_batch_size or max(most_rows, 1)
-        chunks = [slice(s, s + size) for s in range(0, len(batch), size)]
-        most = math.ceil(most_rows / size)
-        fillers = [slice(0, 1)] * (most - len(chunks))
+        # as the one with the most chunks, the others adding zero-weight passes over a row.
+        fillers = [[0]] * (self.dist.max(len(chunks)) - len(chunks))
         sums = dict.fromkeys(SUMMED, 0.0)
         self.optimizer.zero_grad(set_to_none=True)
         for i, rows in enumerate(chunks + fillers):
@@ -124,30 +146,36 @@ class PolicyUpdate:
             log.warning("non-finite loss or gradient: update skipped")
         return self._metrics(sums, batch, grad_norm, skipped)
 
-    def _chunk_loss(self, batch: UpdateBatch, rows: slice,
+    def _chunk_loss(self, batch: UpdateBatch, rows: list[int],
                     filler: bool) -> tuple[torch.Tensor, dict]:
         """The loss of one micro-batch and its parts (sums over its tokens)."""
         cfg = self.cfg
-        mask, full = batch.loss_mask[rows], batch.rollout.completion_mask[rows]
+        rollout = batch.rollout.select(rows).trimmed()  # no column that is padding everywhere
+        width = rollout.completion_ids.shape[1]
+
+        def own(t: torch.Tensor) -> torch.Tensor:
+            return t[rows][:, :width]
+
+        mask, full = own(batch.loss_mask), rollout.completion_mask
         if filler:
             mask, full = torch.zeros_like(mask), torch.zeros_like(full)
-        stats = self._stats(self.train_model, batch.rollout, rows,
+        stats = self._stats(self.train_model, rollout,
                             with_entropy="grad" if cfg.entropy_coef else True,
                             entropy_at_one=self.entropy_at_one)
-        logps, advantages = stats.logps, batch.advantages[rows]
-        old = logps.detach() if batch.old_logps is None else batch.old_logps[rows]
+        logps, advantages = stats.logps, own(batch.advantages)
+        old = logps.detach() if batch.old_logps is None else own(batch.old_logps)
         per_token, clipped = self.algorithm.policy_loss(logps, old, advantages, mask)
         revised = None  # [n, 1] bool: rows holding a revision
         if batch.revision is not None and batch.revision[rows].any():
             revised = batch.revision[rows].unsqueeze(-1)
             if batch.behaviour_logps is not None:
-                old = torch.where(revised, batch.behaviour_logps[rows], old)
+                old = torch.where(revised, own(batch.behaviour_logps), old)
             per_token = torch.where(revised, self.revision_loss(logps, old, advantages),
                                     per_token)
             clipped = clipped & ~revised
         parts = {}
         if batch.ref_logps is not None:
-            kl = kl_estimate(logps, batch.ref_logps[rows], cfg.kl_estimator)
+            kl = kl_estimate(logps, own(batch.ref_logps), cfg.kl_estimator)
             per_token = per_token + cfg.beta * kl
             parts["kl"] = float((kl.detach() * mask).sum())
         if cfg.entropy_coef:

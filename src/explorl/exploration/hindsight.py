@@ -178,8 +178,8 @@ def splice(rollout: Rollout, writes: dict[int, Sample], pad_id: int) -> Rollout:
         completion_ids[i, : len(r.completion)] = torch.tensor(r.completion, dtype=torch.long)
         completion_mask[i, : len(r.completion)] = 1
     return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
-                   torch.tensor([r.temperature for r in rows]), rollout.group_ids.clone(),
-                   torch.tensor([r.truncated for r in rows]))
+                   torch.tensor([r.temperature for r in rows]), rollout.group_ids.cpu(),
+                   torch.tensor([r.truncated for r in rows])).to(rollout.group_ids.device)
 
 
 # --- the step -----------------------------------------------------------------------------------
@@ -225,14 +225,15 @@ class Hindsight:
         batch to train on and ``herl/*`` metrics."""
         rewards, groups = batch.rewards.total, batch.rollout.group_ids
         grades = batch.rewards.grades or [None] * len(batch)
-        num_met = torch.tensor([g.num_met if g else -1 for g in grades])
+        num_met = torch.tensor([g.num_met if g else -1 for g in grades], device=groups.device)
         failed = failed_groups(rewards, groups, self.cfg.threshold)
         drafts = [c for g in failed for c in choose_candidates(
             rewards, num_met, groups, g, self.cfg.candidate_limit)]
         metrics = {"herl/failed_groups": len(failed) / len(batch.rows),
                    "herl/drafts": len(drafts), "herl/tokens": 0}
         train_batch = TrainBatch(batch.rollout, rewards.clone(), batch.texts,
-                                 torch.zeros(len(batch), dtype=torch.bool), None,
+                                 torch.zeros(len(batch), dtype=torch.bool,
+                                             device=groups.device), None,
                                  [False] * len(batch))
         if not drafts or batch.rewards.grades is None:
             return train_batch, metrics
@@ -333,7 +334,7 @@ class Hindsight:
         and temperature they were sampled at: the denominator of a true importance ratio."""
         sampled = revised.batch.rollout.select([k for _, k in accepted])
         logps = logprobs(sampled)
-        full = torch.zeros(train_batch.rollout.completion_ids.shape, dtype=logps.dtype)
+        full = logps.new_zeros(train_batch.rollout.completion_ids.shape)
         for i, (slot, k) in enumerate(accepted):
             n = int(revised.batch.rollout.lengths[k])
             full[slot, :n] = logps[i, :n]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -95,14 +96,15 @@ def load_model(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel
     return model
 
 
-def build_policy(cfg) -> tuple[PreTrainedModel, PreTrainedModel | None]:
-    """The model to train (LoRA adapters, activation checkpointing and no dropout, as ``cfg``
-    asks) and the frozen reference for a KL term, loaded only when there is one (``beta > 0``,
-    or PPO's ``kl_coef > 0``; under LoRA the reference is the base model with adapters off: no
-    second copy)."""
+def build_policy(cfg, device: torch.device | str = "cpu",
+                 ) -> tuple[PreTrainedModel, PreTrainedModel | None]:
+    """The model to train on ``device`` (LoRA adapters, activation checkpointing and no
+    dropout, as ``cfg`` asks) and the frozen reference for a KL term, loaded only when there is
+    one (``beta > 0``, or PPO's ``kl_coef > 0``; under LoRA the reference is the base model with
+    adapters off: no second copy). Weights are float32 (bf16 runs autocast)."""
     from explorl.models import lora
 
-    model = load_model(cfg.model)
+    model = load_model(cfg.model).to(device)
     if cfg.lora_r:
         targets = cfg.lora_target_modules  # PEFT wants its shorthand as a bare string
         model = lora.apply_lora(model, cfg.lora_r, cfg.lora_alpha, 0.0,
@@ -117,7 +119,7 @@ def build_policy(cfg) -> tuple[PreTrainedModel, PreTrainedModel | None]:
     ref = None
     kl_in_reward = cfg.uses("ppo") and cfg.ppo.kl_coef > 0
     if (cfg.beta > 0 or kl_in_reward) and not cfg.lora_r:
-        ref = load_model(cfg.model).eval().requires_grad_(False)
+        ref = load_model(cfg.model).to(device).eval().requires_grad_(False)
     return model, ref
 
 
@@ -154,6 +156,7 @@ def completion_logprobs(
     temperatures: torch.Tensor,
     with_entropy: bool | str = True,
     entropy_at_one: bool = False,
+    chunk_size: int = 512,
 ) -> TokenStats:
     """Log-prob of each completion token and the entropy of each position's distribution.
 
@@ -161,21 +164,30 @@ def completion_logprobs(
     Returns ``(logps, entropy, entropy_t1)``, each ``[N, Lc]``: log-probs and entropy under
     ``logits / T``, and (with ``entropy_at_one``) the entropy of the untempered logits. The
     entropy carries gradients only with ``with_entropy="grad"`` (an entropy bonus needs them).
+
+    With ``chunk_size`` > 0 and a plain linear LM head, the head runs over ``chunk_size``
+    completion tokens at a time, each chunk recomputed in the backward pass
+    (:mod:`explorl.models.head`): no ``[N, Lc, vocab]`` tensor is ever built, and padding
+    positions are skipped (they get 0).
     """
+    from explorl.models import head
+
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
     mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    # Only the logits that predict completion tokens are needed: positions Lp-1 .. Lp+Lc-2.
-    n_completion = completion_ids.shape[1]
-    out = model(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=positions(mask),
-        use_cache=False,
-        logits_to_keep=n_completion + 1,
-    )
+    lm_head = head.chunkable_head(model) if chunk_size else None
+    chunked = contextlib.nullcontext() if lm_head is None else head.stats_head(
+        lm_head, completion_ids, completion_mask.bool(), temperatures, with_entropy,
+        entropy_at_one, chunk_size)
+    # Only the positions that predict completion tokens are needed: Lp-1 .. Lp+Lc-2.
+    with chunked:
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions(mask),
+                    use_cache=False, logits_to_keep=completion_ids.shape[1] + 1)
+    if lm_head is not None:
+        stats = out.logits.float()
+        return TokenStats(stats[..., 0], stats[..., 1] if with_entropy else None,
+                          stats[..., 2] if entropy_at_one else None)
     raw = out.logits[:, :-1, :].float()
-    logits = raw / temperatures.view(-1, 1, 1)
-    logp_all = F.log_softmax(logits, dim=-1)
+    logp_all = F.log_softmax(raw / temperatures.view(-1, 1, 1), dim=-1)
     logps = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     entropy = None
     if with_entropy == "grad":

@@ -16,7 +16,7 @@ import inspect
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -94,6 +94,11 @@ class Rewards:
     errors: list[str]  # one line per failure, for the log
     grades: list | None = None  # per-criterion grades of the first graded reward, if any
     failed: int = 0  # samples where a function raised or gave a non-finite/unusable value
+
+    def to(self, device: torch.device | str) -> Rewards:
+        """The tensors on ``device``; counts, errors and grades as they are."""
+        return replace(self, total=self.total.to(device),
+                       per_func={k: v.to(device) for k, v in self.per_func.items()})
 
     @classmethod
     def concat(cls, parts: list[Rewards]) -> Rewards:

@@ -20,22 +20,25 @@ from explorl.rollout.engine import Rollout, RolloutEngine
 class Collector:
     """``collect(rows, prompt_ids, counts, temperatures, max_new_tokens) -> ScoredBatch``:
     ``counts[i]`` samples of prompt ``i`` (``rows[i]`` its data row, ``prompt_ids[i]`` its
-    tokens) at ``temperatures[i]``."""
+    tokens) at ``temperatures[i]``. The batch's tensors live on ``device`` (the model's)."""
 
-    def __init__(self, engine: RolloutEngine, scorer: Scorer, tokenizer, dist):
+    def __init__(self, engine: RolloutEngine, scorer: Scorer, tokenizer, dist,
+                 device: torch.device | str = "cpu"):
         self.engine, self.scorer, self.tokenizer, self.dist = engine, scorer, tokenizer, dist
+        self.device = torch.device(device)
 
     def __call__(self, rows: list[dict], prompt_ids: list[list[int]], counts: list[int],
                  temperatures: list[float], max_new_tokens: int) -> ScoredBatch:
         share = self.dist.share(len(rows))  # this process's prompts
         t0 = time.perf_counter()
         rollout = self.engine.generate(prompt_ids[share], counts[share], temperatures[share],
-                                       max_new_tokens)
+                                       max_new_tokens).to(self.device)
         t1 = time.perf_counter()
         ids = rollout.completions()
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         sample_rows = [rows[share][g] for g in rollout.group_ids.tolist()]
-        rewards = self.scorer(sample_rows, texts, ids) if ids else self._no_rewards()
+        rewards = (self.scorer(sample_rows, texts, ids) if ids else self._no_rewards()).to(
+            self.device)  # reward functions see Python values; the step, tensors on the device
         t2 = time.perf_counter()
         local = ScoredBatch(rollout, rows, texts, rewards, self.scorer.passed(rewards),
                             {"generate": t1 - t0, "reward": t2 - t1})
@@ -51,13 +54,15 @@ class Collector:
         """Every process's share joined in rank order, group ids counted over the request."""
         if self.dist.world == 1:
             return local
-        parts = self.dist.gather((local.rollout, first_prompt, local.texts, local.rewards,
-                                  local.passed))
+        # Objects travel through the CPU: a pickled CUDA tensor names its sender's GPU.
+        parts = self.dist.gather((local.rollout.to("cpu"), first_prompt, local.texts,
+                                  local.rewards.to("cpu"), local.passed.cpu()))
         rollouts = []
         for rollout, first, *_ in parts:
             rollout.group_ids = rollout.group_ids + first
             rollouts.append(rollout)
-        return ScoredBatch(Rollout.concat(rollouts, self.tokenizer.pad_token_id), local.rows,
-                           [t for p in parts for t in p[2]],
-                           Rewards.concat([p[3] for p in parts]),
-                           torch.cat([p[4] for p in parts]), local.seconds)
+        device = self.device
+        return ScoredBatch(Rollout.concat(rollouts, self.tokenizer.pad_token_id).to(device),
+                           local.rows, [t for p in parts for t in p[2]],
+                           Rewards.concat([p[3] for p in parts]).to(device),
+                           torch.cat([p[4] for p in parts]).to(device), local.seconds)

@@ -9,7 +9,7 @@ also decodes greedily, for evaluation and test-time revision. The trainer, evalu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
 import torch
@@ -48,6 +48,23 @@ class Rollout:
     def prompt(self, i: int) -> list[int]:
         """Row ``i``'s prompt token ids, without padding."""
         return self.prompt_ids[i][self.prompt_mask[i].bool()].tolist()
+
+    def to(self, device: torch.device | str) -> Rollout:
+        """Every field on ``device``."""
+        return Rollout(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def trimmed(self) -> Rollout:
+        """The same rows without the columns that are padding in every row (left of the
+        prompts, right of the completions)."""
+        if not len(self):
+            return self
+        prompt_width = int(self.prompt_mask.sum(-1).max())
+        completion_width = int(self.lengths.max())
+        start = self.prompt_ids.shape[1] - prompt_width
+        return replace(self, prompt_ids=self.prompt_ids[:, start:],
+                       prompt_mask=self.prompt_mask[:, start:],
+                       completion_ids=self.completion_ids[:, :completion_width],
+                       completion_mask=self.completion_mask[:, :completion_width])
 
     def select(self, rows) -> Rollout:
         """The rows ``rows`` (a slice, indices or a bool mask), every field alike."""
@@ -98,6 +115,15 @@ class RolloutEngine(Protocol):
         ...
 
 
+def build_engine(cfg, model, tokenizer) -> RolloutEngine:
+    """The engine ``cfg.engine`` names, at ``cfg.top_p``."""
+    if cfg.engine == "fast":
+        from explorl.rollout.fast import FastEngine  # it builds on this module
+
+        return FastEngine(model, tokenizer, top_p=cfg.top_p)
+    return HFEngine(model, tokenizer, top_p=cfg.top_p)
+
+
 class _RowTemperature(LogitsProcessor):
     """Divides each row's logits by its own temperature."""
 
@@ -122,7 +148,8 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
 def completion_mask_from(completion_ids: torch.Tensor,
                          eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask up to and including the first EOS, and whether each row ran out without one."""
-    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, dtype=torch.long))
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_ids, dtype=torch.long,
+                                                     device=completion_ids.device))
     seen_before = is_eos.long().cumsum(-1) - is_eos.long()  # EOS tokens strictly before
     mask = (seen_before == 0).long()
     truncated = ~is_eos.any(-1)
@@ -153,9 +180,9 @@ class HFEngine:
             rows += [p] * n
             temps += [float(t)] * n
             groups += [g] * n
-        pad = self.tokenizer.pad_token_id
-        prompt_ids, prompt_mask = left_pad(rows, pad)
-        temperature = torch.tensor(temps)
+        pad, device = self.tokenizer.pad_token_id, self.model.device
+        prompt_ids, prompt_mask = (t.to(device) for t in left_pad(rows, pad))
+        temperature = torch.tensor(temps, device=device)
         chunk = self.generation_batch_size or len(rows)
         outs = []
         for s in range(0, len(rows), chunk):
@@ -169,7 +196,7 @@ class HFEngine:
         completion_mask, truncated = completion_mask_from(completion_ids, self.eos_ids)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
         return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
-                       torch.tensor(groups, dtype=torch.long), truncated)
+                       torch.tensor(groups, dtype=torch.long, device=device), truncated)
 
     def _sample(self, ids, mask, temperature, max_new_tokens) -> torch.Tensor:
         was_training = self.model.training
@@ -201,7 +228,8 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
     eos = tokenizer.eos_token_id
     results: list[list[int]] = []
     for s in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(prompts[s:s + batch_size], tokenizer.pad_token_id)
+        ids, mask = (t.to(model.device)
+                     for t in left_pad(prompts[s:s + batch_size], tokenizer.pad_token_id))
         config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
                                   eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,

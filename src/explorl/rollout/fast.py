@@ -1,0 +1,233 @@
+"""A faster, exact rollout engine: a shared prompt prefill and a decode loop that drops rows.
+
+:class:`FastEngine` returns what :class:`~explorl.rollout.engine.HFEngine` returns (same layout,
+same EOS set, same sampling distribution: ``softmax(top_p(logits / T))``) with less work:
+
+* each distinct prompt is encoded once and its KV cache copied to its samples, where
+  ``model.generate`` encodes every sample's copy of the prompt;
+* a row that has emitted EOS leaves the decode batch (its cache rows and mask are dropped), so
+  each step costs what the rows still running cost, where ``generate`` keeps decoding padding;
+* only the last position's logits are computed, and the loop has none of ``generate``'s
+  per-step processor and stopping-criteria machinery.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from explorl.models.policy import positions
+from explorl.rollout.engine import HFEngine, Rollout, completion_mask_from, left_pad
+
+# Picks each running row's next token from its float32 logits [rows, V]; ``alive`` holds the
+# rows' indices in the batch and ``step`` the index of the token being chosen.
+Choose = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``logits`` with the tokens outside each row's nucleus set to ``-inf``, as transformers'
+    ``TopPLogitsWarper`` does: sort ascending, drop the tokens whose cumulative probability is
+    at most ``1 - top_p``, always keep the most likely one. ``top_p >= 1`` keeps all."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=False)
+    remove = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+    remove[..., -1] = False
+    return logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
+
+
+def distinct_prompts(rows: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The distinct prompts among ``rows``, in order of first use, and each row's index
+    among them."""
+    index: dict[tuple[int, ...], int] = {}
+    which = [index.setdefault(tuple(p), len(index)) for p in rows]
+    return [list(p) for p in index], which
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A full-attention cache layer whose key/value buffers are allocated once, for the prompt
+    and every new token: a decode step writes its token into them where ``DynamicLayer``
+    concatenates (copying the whole cache, every layer, every step). It returns views of the
+    filled part, the same tensors ``DynamicLayer`` would return."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        self.device, self.is_initialized, self.length = keys.device, True, keys.shape[-2]
+        rows, heads, _, dim = keys.shape
+        self.key_buffer = keys.new_empty(rows, heads, capacity, dim)
+        self.value_buffer = values.new_empty(rows, heads, capacity, dim)
+        self.key_buffer[:, :, :self.length] = keys
+        self.value_buffer[:, :, :self.length] = values
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.key_buffer[:, :, :self.length]
+        self.values = self.value_buffer[:, :, :self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        end = self.length + key_states.shape[-2]
+        self.key_buffer[:, :, self.length:end] = key_states
+        self.value_buffer[:, :, self.length:end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep the rows ``indices`` (ascending), moved to the front of the same buffers."""
+        kept = len(indices)
+        self.key_buffer[:kept] = self.key_buffer[indices]
+        self.value_buffer[:kept] = self.value_buffer[indices]
+        self.key_buffer, self.value_buffer = self.key_buffer[:kept], self.value_buffer[:kept]
+        self._views()
+
+
+def preallocate(cache: DynamicCache, capacity: int) -> None:
+    """Swap each full-attention layer of ``cache`` for a :class:`PreallocatedLayer` of
+    ``capacity`` positions holding the same keys and values (sliding-window and other layers
+    stay as they are)."""
+    cache.layers = [PreallocatedLayer(layer.keys, layer.values, capacity)
+                    if type(layer) is DynamicLayer and layer.is_initialized else layer
+                    for layer in cache.layers]
+
+
+def cache_kwarg(model) -> str:
+    """The forward keyword that takes the KV cache: ``cache`` in newer transformers (where
+    ``past_key_values`` is deprecated), ``past_key_values`` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+class FastEngine:
+    """Sampling with a shared prompt prefill and a hand-written KV-cache decode loop.
+
+    The same protocol, arguments and output as :class:`~explorl.rollout.engine.HFEngine`:
+    ``top_p`` (default 1.0: off), ``generation_batch_size`` rows sampled at a time (default 0:
+    all at once), ``greedy_batch_size`` prompts decoded greedily at a time (default 256).
+    With ``record_logprobs=True`` (default False) each ``generate`` leaves ``sampled_logps``
+    ([N, Lc] float on the CPU, 0 at padding): the log-prob of each sampled token under
+    ``softmax(logits / T)``, the distribution before top-p filtering (the one
+    ``completion_logprobs`` computes).
+    """
+
+    def __init__(self, model, tokenizer, top_p: float = 1.0, generation_batch_size: int = 0,
+                 greedy_batch_size: int = 256, record_logprobs: bool = False):
+        self.model, self.tokenizer, self.top_p = model, tokenizer, top_p
+        self.generation_batch_size = generation_batch_size
+        self.greedy_batch_size = greedy_batch_size
+        self.record_logprobs = record_logprobs
+        self.eos_ids = HFEngine(model, tokenizer).eos_ids  # the EOS set exactly as HFEngine's
+        self.sampled_logps: torch.Tensor | None = None
+
+    def generate(self, prompts, num_samples, temperatures, max_new_tokens) -> Rollout:
+        if not sum(num_samples):
+            self.sampled_logps = torch.zeros(0, 0)
+            return Rollout.empty()
+        groups = [g for g, n in enumerate(num_samples) for _ in range(n)]
+        rows = [prompts[g] for g in groups]
+        pad = self.tokenizer.pad_token_id
+        prompt_ids, prompt_mask = left_pad(rows, pad)
+        temperature = torch.tensor([float(temperatures[g]) for g in groups])
+        chunk = self.generation_batch_size or len(rows)
+        outs, logps = [], []
+        for s in range(0, len(rows), chunk):
+            ids, lp = self._sample(rows[s:s + chunk], temperature[s:s + chunk], max_new_tokens)
+            outs.append(ids)
+            logps.append(lp)
+        completion_ids = _right_pad(outs, pad)
+        completion_mask, truncated = completion_mask_from(completion_ids, self.eos_ids)
+        completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
+        if self.record_logprobs:
+            self.sampled_logps = _right_pad(logps, 0.0).cpu()
+        return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
+                       torch.tensor(groups, dtype=torch.long), truncated).to(self.model.device)
+
+    def _sample(self, rows: list[list[int]], temperature: torch.Tensor,
+                max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Completions [n, steps] (pad after EOS) of the prompts ``rows`` and their sampled
+        log-probs [n, steps], on the model's device."""
+        distinct, which = distinct_prompts(rows)
+        device = self.model.device
+        temps = temperature.to(device).view(-1, 1)
+        logps = torch.zeros(len(rows), max_new_tokens, device=device)
+        top_p, record = self.top_p, self.record_logprobs
+
+        def choose(logits, alive, step):
+            scaled = logits / temps[alive]
+            token = torch.multinomial(top_p_filter(scaled, top_p).softmax(-1), 1)
+            if record:
+                logps[alive, step] = scaled.log_softmax(-1).gather(-1, token).squeeze(-1)
+            return token.squeeze(-1)
+
+        ids = self._decode(distinct, which, max_new_tokens, self.eos_ids, choose)
+        # Copied out of inference mode: inference tensors cannot enter autograd later
+        return ids.clone(), logps[:, :ids.shape[1]].clone()
+
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy completions (token ids up to, not including, EOS), as
+        :func:`explorl.rollout.engine.greedy` gives them: only the tokenizer's EOS stops."""
+        eos = self.tokenizer.eos_token_id
+        results: list[list[int]] = []
+        for s in range(0, len(prompts), self.greedy_batch_size):
+            batch = prompts[s:s + self.greedy_batch_size]
+            ids = self._decode(batch, list(range(len(batch))), max_new_tokens, [eos],
+                               lambda logits, alive, step: logits.argmax(-1))
+            for row in ids.tolist():
+                results.append(row[: row.index(eos)] if eos in row else row)
+        return results
+
+    def _decode(self, prompts: list[list[int]], rows: list[int], max_new_tokens: int,
+                eos_ids: list[int], choose: Choose) -> torch.Tensor:
+        """Token ids [len(rows), steps] on the model's device, row i continuing
+        ``prompts[rows[i]]``, pad after a row's EOS; ``steps`` is the longest row's length."""
+        model, pad = self.model, self.tokenizer.pad_token_id
+        device = model.device
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                ids, mask = (t.to(device) for t in left_pad(prompts, pad))
+                cache = DynamicCache(config=model.config)
+                step_kwargs = {cache_kwarg(model): cache, "use_cache": True, "logits_to_keep": 1}
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                               **step_kwargs).logits
+                # Each sample continues its prompt's cache; the prompt was encoded once
+                index = torch.tensor(rows, device=device)
+                if rows != list(range(len(prompts))):
+                    cache.batch_select_indices(index)
+                preallocate(cache, ids.shape[1] + max_new_tokens)
+                mask, logits = mask[index], logits[index, -1].float()
+                position = mask.sum(-1)  # the next token's position: padding is skipped
+                out = torch.full((len(rows), max_new_tokens), pad, device=device)
+                alive = torch.arange(len(rows), device=device)  # rows still decoding
+                eos = torch.tensor(eos_ids, device=device)
+                steps = 0
+                for step in range(max_new_tokens):
+                    token = choose(logits, alive, step)
+                    out[alive, step] = token
+                    steps = step + 1
+                    running = ~torch.isin(token, eos)
+                    if steps == max_new_tokens or not running.any():
+                        break
+                    if not running.all():  # drop finished rows: later steps cost less
+                        keep = running.nonzero().squeeze(-1)
+                        cache.batch_select_indices(keep)
+                        alive, token = alive[keep], token[keep]
+                        mask, position = mask[keep], position[keep]
+                    mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+                    logits = model(input_ids=token[:, None], attention_mask=mask,
+                                   position_ids=position[:, None], **step_kwargs).logits[:, -1]
+                    logits = logits.float()
+                    position = position + 1
+                return out[:, :steps]
+        finally:
+            model.train(was_training)
+
+
+def _right_pad(parts: list[torch.Tensor], fill) -> torch.Tensor:
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([F.pad(p, (0, width - p.shape[1]), value=fill) for p in parts])
