@@ -259,6 +259,8 @@ CASES = [
     ("eval-beta-without-heads", "eval tiny --ilql-beta 1 --size 2", {},
      "--ilql-beta: tiny has no ILQL heads"),
     ("device-name", f"{TRAIN} device=gpu", {}, "device: 'gpu': expected auto, cpu, cuda"),
+    ("ilql-bf16-weights", f"{TRAIN} method=ilql {ILQL} bf16_weights=true", {"s.jsonl": SCORED},
+     "bf16_weights: method=ilql trains float32 weights"),
     *([("device-without-gpu", f"{TRAIN} device=cuda", {}, "device=cuda: no CUDA GPU is "
         "visible"),
        ("device-index-without-gpu", f"{TRAIN} device=cuda:1", {}, "device=cuda:1: no CUDA GPU"),

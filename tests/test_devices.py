@@ -93,6 +93,15 @@ def test_a_launcher_gets_one_gpu_per_process(monkeypatch, spec, local_rank, matc
         resolve_device(spec, distributed=True)
 
 
+def test_bf16_on_a_gpu_without_it_is_one_line(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: "Tesla V100-SXM2-16GB")
+    with pytest.raises(UserError, match="bf16: Tesla V100-SXM2-16GB has no bfloat16 support"):
+        resolve_device("auto", bf16=True)
+
+
 @pytest.mark.parametrize("method", list(STEPS))
 def test_a_step_builds_no_tensor_off_the_model_device(tmp_path, method):
     trainer = Trainer(small(tmp_path, method, **STEPS[method]))

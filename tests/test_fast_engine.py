@@ -259,3 +259,14 @@ def test_no_samples_is_an_empty_rollout(tok, tiny):
 def test_distinct_prompts_keep_first_use_order():
     assert distinct_prompts([[3], [1, 2], [3], [1, 2], [4]]) == ([[3], [1, 2], [4]],
                                                                   [0, 1, 0, 1, 2])
+
+
+def test_the_trainer_samples_with_the_engine_it_names(tmp_path):
+    from explorl import TrainConfig, Trainer
+
+    def trainer(**kw):
+        return Trainer(TrainConfig(output_dir=str(tmp_path / "run"), eval_size=4,
+                                   task_train_size=16, progress=False, plots=False, **kw))
+
+    assert type(trainer().engine) is FastEngine  # the default
+    assert type(trainer(engine="hf").engine) is HFEngine

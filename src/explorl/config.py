@@ -393,6 +393,10 @@ class TrainConfig:
     bf16: bool = False
     """bfloat16 autocast for forward passes (sampling, log-probs, evaluation); weights,
     gradients and optimizer state stay float32. Log-softmax runs in float32."""
+    bf16_weights: bool = False
+    """Hold the policy's weights in bfloat16 (half their float32 memory; forward passes run in
+    bfloat16) and step float32 master copies with float32 Adam state, rounding the weights to
+    them after each step (:mod:`explorl.models.master_weights`). One process."""
     device: str = "auto"
     """``auto`` (the GPU when one is visible, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``.
     Under a launcher each process takes the GPU of its local rank. On CUDA, matmuls use TF32."""
@@ -529,6 +533,8 @@ class TrainConfig:
              f"method={self.algorithm} learns from scored samples: dataset=samples.jsonl "
              "(explorl sample writes them: prompt, completion, reward)")
         need(self.train_batch_size >= 1, "train_batch_size", "must be >= 1")
+        need(not self.bf16_weights, "bf16_weights", f"method={self.algorithm} trains float32 "
+             "weights; use bf16=true")
         need(self.beta == 0, "beta", f"method={self.algorithm} has no reference model; set "
              "beta=0")
 

@@ -73,6 +73,12 @@ class Parallel:
         if cfg.lora_r and self.engine in ("FSDP", "DeepSpeed"):
             raise UserError(f"lora_r: LoRA under {self.engine} is not supported; use DDP "
                             "(configs/accelerate/ddp_cpu.yaml)")
+        if cfg.prompts_per_step * cfg.num_generations < self.world:
+            raise UserError(f"prompts_per_step: {cfg.prompts_per_step} x {cfg.num_generations} "
+                            f"samples leave some of the {self.world} processes no row to train")
+        if cfg.bf16_weights and self.world > 1:
+            raise UserError("bf16_weights: runs in one process; under a launcher use bf16=true "
+                            "(float32 weights, bfloat16 autocast)")
         if cfg.uses("ppo") and self.world > 1:
             raise UserError("method: ppo runs in one process (its critic is not distributed); "
                             "start it without a launcher")

@@ -37,6 +37,7 @@ from explorl.failures import FailurePolicy
 from explorl.interrupts import Interrupts, StepAbandoned
 from explorl.metrics import step_metrics
 from explorl.models import lora
+from explorl.models.master_weights import MasterWeights
 from explorl.models.policy import build_policy, load_tokenizer, precision
 from explorl.output_lock import OutputLock
 from explorl.rewards.base import Scorer, resolve
@@ -114,10 +115,8 @@ class Trainer:
         self._check_lengths()
         self.dist = Parallel(self.device)  # several processes only under a launcher
         self.dist.refuse_unsupported(cfg)
-        self.train_model, self.optimizer = self.dist.prepare(self.model, lambda model: adamw(
-            lora.trainable_parameters(model) if cfg.lora_r else model.parameters(),
-            lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-            betas=(cfg.adam_beta1, cfg.adam_beta2)), cfg.max_grad_norm)
+        self.train_model, self.optimizer = self.dist.prepare(
+            self.model, self._optimizer, cfg.max_grad_norm)
         self.engine = (engine or self._default_engine)(self.model, self.tokenizer)
         self.collect = Collector(self.engine, self.scorer, self.tokenizer, self.dist,
                                  self.device)
@@ -157,6 +156,17 @@ class Trainer:
 
     def _default_engine(self, model, tokenizer) -> RolloutEngine:
         return build_engine(self.cfg, model, tokenizer)
+
+    def _optimizer(self, model):
+        """AdamW over the trained weights; over float32 masters of them with bf16_weights."""
+        cfg = self.cfg
+        params = lora.trainable_parameters(model) if cfg.lora_r else model.parameters()
+
+        def make(params):
+            return adamw(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                         betas=(cfg.adam_beta1, cfg.adam_beta2))
+
+        return MasterWeights(params, make) if cfg.bf16_weights else make(params)
 
     def _hindsight(self) -> Hindsight:
         cfg = self.cfg

@@ -101,10 +101,12 @@ def build_policy(cfg, device: torch.device | str = "cpu",
     """The model to train on ``device`` (LoRA adapters, activation checkpointing and no
     dropout, as ``cfg`` asks) and the frozen reference for a KL term, loaded only when there is
     one (``beta > 0``, or PPO's ``kl_coef > 0``; under LoRA the reference is the base model with
-    adapters off: no second copy). Weights are float32 (bf16 runs autocast)."""
+    adapters off: no second copy). Weights are float32 (bf16 runs autocast), or bfloat16 with
+    ``bf16_weights``."""
     from explorl.models import lora
 
-    model = load_model(cfg.model).to(device)
+    dtype = torch.bfloat16 if getattr(cfg, "bf16_weights", False) else torch.float32
+    model = load_model(cfg.model).to(device, dtype)
     if cfg.lora_r:
         targets = cfg.lora_target_modules  # PEFT wants its shorthand as a bare string
         model = lora.apply_lora(model, cfg.lora_r, cfg.lora_alpha, 0.0,
@@ -119,7 +121,7 @@ def build_policy(cfg, device: torch.device | str = "cpu",
     ref = None
     kl_in_reward = cfg.uses("ppo") and cfg.ppo.kl_coef > 0
     if (cfg.beta > 0 or kl_in_reward) and not cfg.lora_r:
-        ref = load_model(cfg.model).to(device).eval().requires_grad_(False)
+        ref = load_model(cfg.model).to(device, dtype).eval().requires_grad_(False)
     return model, ref
 
 
