@@ -93,14 +93,22 @@ def test_a_hooked_head_takes_the_plain_path(model):
 
 
 def test_micro_batches_sort_by_length_and_respect_both_limits():
-    lengths = [5, 30, 8, 30, 6, 7]
-    assert micro_batches(lengths) == [[1, 3, 2, 5, 4, 0]]  # longest first, one chunk
-    assert micro_batches(lengths, size=4) == [[1, 3, 2, 5], [4, 0]]
-    # 60 padded tokens: two rows of 30; then 8, 7, 6, 5 fit as 4 x 8 = 32
-    assert micro_batches(lengths, tokens=60) == [[1, 3], [2, 5, 4, 0]]
-    assert micro_batches(lengths, size=3, tokens=20) == [[1], [3], [2, 5], [4, 0]]
-    assert micro_batches([50], tokens=10) == [[0]]  # a row longer than the budget: alone
-    assert micro_batches([]) == []
+    prompts, completions = [2, 20, 4, 20, 3, 4], [3, 10, 4, 10, 3, 3]  # rows of 5, 30, 8, ...
+    assert micro_batches(prompts, completions) == [[1, 3, 2, 5, 4, 0]]  # longest first
+    assert micro_batches(prompts, completions, size=4) == [[1, 3, 2, 5], [4, 0]]
+    # 60 padded tokens: two rows of 30; then 8, 7, 6, 5 fit as 4 x (4 + 4) = 32
+    assert micro_batches(prompts, completions, tokens=60) == [[1, 3], [2, 5, 4, 0]]
+    assert micro_batches(prompts, completions, size=3, tokens=20) == [[1], [3], [2, 5],
+                                                                      [4, 0]]
+    assert micro_batches([40], [10], tokens=10) == [[0]]  # longer than the budget: alone
+    assert micro_batches([], []) == []
+
+
+def test_a_chunk_is_padded_to_its_longest_prompt_plus_its_longest_completion():
+    """Rows of (100 prompt, 10 completion) and (10, 100) are 110 tokens each, but cut to one
+    chunk they pad to 2 x 200: a budget of 220 keeps them apart."""
+    assert micro_batches([100, 10], [10, 100], tokens=220) == [[0], [1]]
+    assert micro_batches([100, 10], [10, 100], tokens=400) == [[0, 1]]
 
 
 def test_trimmed_drops_columns_that_are_padding_everywhere():

@@ -34,7 +34,10 @@ def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
         "numpy": [np_state[0], np_state[1].tolist(), *[int(x) if isinstance(x, (int, np.integer))
                                                      else float(x) for x in np_state[2:]]],
     }
-    return meta, {"rng.torch": torch.get_rng_state()}
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_initialized():  # sampling on a GPU draws from its own generator
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return meta, tensors
 
 
 def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -43,6 +46,9 @@ def set_rng_state(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     name, keys, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[f"rng.cuda.{i}"] for i in range(len(tensors)) if f"rng.cuda.{i}" in tensors]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def optimizer_state(sd: dict) -> tuple[dict, dict[str, torch.Tensor]]:

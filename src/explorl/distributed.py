@@ -49,11 +49,12 @@ class Parallel:
         self.fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
         self.deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
         if self.deepspeed:
-            self.zero_stage = _zero_stage()
+            self.zero_stage = _zero_stage(cpu=device is None or device.type == "cpu")
         from accelerate import Accelerator
 
         # NCCL between GPUs (the process's GPU is set by devices.resolve_device), gloo on CPUs
         self.accelerator = Accelerator(cpu=device is None or device.type == "cpu")
+        self.device_type = "cpu" if device is None else device.type
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
 
@@ -107,13 +108,16 @@ class Parallel:
                 dist_init_required=False)
             return self.model, optimizer
         if self.fsdp:  # the optimizer must see the sharded parameters
+            from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard
 
+            # on the run's device: without a mesh FSDP takes a visible GPU even for device=cpu
+            mesh = init_device_mesh(self.device_type, (self.world,))
             units = set(getattr(model, "_no_split_modules", None) or ())
             for module in model.modules():
                 if type(module).__name__ in units:
-                    fully_shard(module)
-            self.model = fully_shard(model)
+                    fully_shard(module, mesh=mesh)
+            self.model = fully_shard(model, mesh=mesh)
             return self.model, make_optimizer(self.model)
         self.model, optimizer = self.accelerator.prepare(model, make_optimizer(model))
         return self.model, optimizer
@@ -299,13 +303,13 @@ class Parallel:
             self.accelerator.wait_for_everyone()
 
 # --- DeepSpeed ZeRO ----------------------------------------------------------------------------
-def _zero_stage() -> int:
+def _zero_stage(cpu: bool) -> int:
     stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
     if stage not in (1, 2):
         raise UserError(f"DeepSpeed ZeRO stage {stage}: not supported, only stages 1 and 2; "
                         "for sharded parameters use FSDP (configs/accelerate/fsdp_cpu.yaml)")
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed looks for a GPU
+    if cpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # else DeepSpeed takes a visible GPU
     try:
         import deepspeed  # noqa: F401
     except ImportError:

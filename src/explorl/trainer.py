@@ -109,7 +109,8 @@ class Trainer:
         task = load_task(cfg)
         self.train_rows, self.eval_rows = task.train, task.eval
         self.prompt_ids = [self.codec.encode(r["prompt"]) for r in self.train_rows]
-        self.device = resolve_device(cfg.device, cfg.bf16, distributed=world_size() > 1)
+        self.device = resolve_device(cfg.device, cfg.bf16 or cfg.bf16_weights,
+                                     distributed=world_size() > 1)
         self.model, ref_model = build_policy(cfg, self.device)
         self.scorer = self._scorer(task.default_reward)  # a reward model on the policy's device
         self._check_lengths()

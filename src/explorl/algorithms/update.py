@@ -28,15 +28,21 @@ SUMMED = ("loss", "kl", "entropy", "entropy_t1", "clip_fraction", "loss/on_polic
 RevisionLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def micro_batches(lengths: list[int], size: int = 0, tokens: int = 0) -> list[list[int]]:
+def micro_batches(prompt_lengths: list[int], completion_lengths: list[int], size: int = 0,
+                  tokens: int = 0) -> list[list[int]]:
     """Rows (by index) sorted from the longest, cut into chunks of at most ``size`` rows and
-    ``tokens`` padded tokens (rows x the chunk's longest row); 0: no limit. A row longer than
+    ``tokens`` padded tokens; 0: no limit. A chunk is padded to its longest prompt plus its
+    longest completion (``Rollout.trimmed``), which may belong to two rows. A row longer than
     ``tokens`` has a chunk of its own. Similar lengths share a chunk, so little is padding."""
+    order = sorted(range(len(prompt_lengths)),
+                   key=lambda i: -(prompt_lengths[i] + completion_lengths[i]))
     chunks: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        chunk = chunks[-1] if chunks else None
-        if chunk is None or (size and len(chunk) >= size) or \
-                (tokens and (len(chunk) + 1) * lengths[chunk[0]] > tokens):
+    for i in order:
+        chunk = chunks[-1] if chunks else []
+        width = max([prompt_lengths[j] for j in chunk + [i]]) + \
+            max([completion_lengths[j] for j in chunk + [i]])
+        if not chunk or (size and len(chunk) >= size) or \
+                (tokens and (len(chunk) + 1) * width > tokens):
             chunks.append([i])
         else:
             chunk.append(i)
@@ -101,8 +107,8 @@ class PolicyUpdate:
         return out
 
     def _micro_batches(self, rollout: Rollout) -> list[list[int]]:
-        lengths = (rollout.prompt_mask.sum(-1) + rollout.lengths).tolist()
-        return micro_batches(lengths, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
+        return micro_batches(rollout.prompt_mask.sum(-1).tolist(), rollout.lengths.tolist(),
+                             self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
 
     def _stats(self, model, rollout: Rollout, with_entropy: bool | str = True,
                entropy_at_one: bool = False) -> TokenStats:

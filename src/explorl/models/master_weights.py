@@ -5,7 +5,8 @@ forward passes in bfloat16 without autocast. An update smaller than a weight's b
 (2^-8 of its size) would be rounded away if the optimizer stepped the bfloat16 weights
 themselves, so AdamW steps float32 copies (with float32 moments) and the weights are the copies
 rounded to bfloat16 after each step, as mixed-precision training in Megatron-LM and DeepSpeed
-keeps them (Micikevicius et al. 2018).
+keeps them (Micikevicius et al. 2018). The gradients of an update's micro-batches still add up
+in bfloat16, on the weights, before the step converts them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+
+from explorl.errors import UserError
 
 
 class MasterWeights:
@@ -60,9 +63,10 @@ class MasterWeights:
         state = {}
         for i, entry in sd["state"].items():
             entry = dict(entry)
-            master = entry.pop("master", None)
-            if master is not None:
-                self.masters[int(i)].copy_(master)
+            if "master" not in entry:  # the first step would overwrite the loaded weights
+                raise UserError("bf16_weights: the checkpoint was written without them (no "
+                                "float32 masters); resume with the setting it was written with")
+            self.masters[int(i)].copy_(entry.pop("master"))
             if entry:
                 state[int(i)] = entry
         self.inner.load_state_dict({"state": state, "param_groups": sd["param_groups"]})

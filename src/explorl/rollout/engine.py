@@ -145,6 +145,15 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS and those of the model's generation config: any of them ends a
+    sample."""
+    extra = getattr(model.generation_config, "eos_token_id", None)
+    ids = [tokenizer.eos_token_id] + (extra if isinstance(extra, list)
+                                      else [extra] if extra is not None else [])
+    return sorted({i for i in ids if i is not None})
+
+
 def completion_mask_from(completion_ids: torch.Tensor,
                          eos_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask up to and including the first EOS, and whether each row ran out without one."""
@@ -167,10 +176,7 @@ class HFEngine:
         self.model, self.tokenizer, self.top_p = model, tokenizer, top_p
         self.generation_batch_size = generation_batch_size
         self.greedy_batch_size = greedy_batch_size
-        eos = tokenizer.eos_token_id
-        extra = getattr(model.generation_config, "eos_token_id", None)
-        ids = [eos] + (extra if isinstance(extra, list) else [extra] if extra is not None else [])
-        self.eos_ids = sorted({i for i in ids if i is not None})
+        self.eos_ids = eos_token_ids(model, tokenizer)
 
     def generate(self, prompts, num_samples, temperatures, max_new_tokens) -> Rollout:
         if not sum(num_samples):

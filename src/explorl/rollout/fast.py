@@ -22,7 +22,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from explorl.models.policy import positions
-from explorl.rollout.engine import HFEngine, Rollout, completion_mask_from, left_pad
+from explorl.rollout.engine import Rollout, completion_mask_from, eos_token_ids, left_pad
 
 # Picks each running row's next token from its float32 logits [rows, V]; ``alive`` holds the
 # rows' indices in the batch and ``step`` the index of the token being chosen.
@@ -79,9 +79,9 @@ class PreallocatedLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep the rows ``indices`` (ascending), moved to the front of the same buffers."""
-        kept = len(indices)
-        self.key_buffer[:kept] = self.key_buffer[indices]
-        self.value_buffer[:kept] = self.value_buffer[indices]
+        kept, filled = len(indices), self.length
+        self.key_buffer[:kept, :, :filled] = self.key_buffer[indices, :, :filled]
+        self.value_buffer[:kept, :, :filled] = self.value_buffer[indices, :, :filled]
         self.key_buffer, self.value_buffer = self.key_buffer[:kept], self.value_buffer[:kept]
         self._views()
 
@@ -120,7 +120,7 @@ class FastEngine:
         self.generation_batch_size = generation_batch_size
         self.greedy_batch_size = greedy_batch_size
         self.record_logprobs = record_logprobs
-        self.eos_ids = HFEngine(model, tokenizer).eos_ids  # the EOS set exactly as HFEngine's
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self.sampled_logps: torch.Tensor | None = None
 
     def generate(self, prompts, num_samples, temperatures, max_new_tokens) -> Rollout:
