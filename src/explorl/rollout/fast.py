@@ -184,48 +184,54 @@ class FastEngine:
                 eos_ids: list[int], choose: Choose) -> torch.Tensor:
         """Token ids [len(rows), steps] on the model's device, row i continuing
         ``prompts[rows[i]]``, pad after a row's EOS; ``steps`` is the longest row's length."""
-        model, pad = self.model, self.tokenizer.pad_token_id
-        device = model.device
+        model = self.model
         was_training = model.training
         model.eval()
         try:
             with torch.inference_mode():
-                ids, mask = (t.to(device) for t in left_pad(prompts, pad))
-                cache = DynamicCache(config=model.config)
-                step_kwargs = {cache_kwarg(model): cache, "use_cache": True, "logits_to_keep": 1}
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
-                               **step_kwargs).logits
-                # Each sample continues its prompt's cache; the prompt was encoded once
-                index = torch.tensor(rows, device=device)
-                if rows != list(range(len(prompts))):
-                    cache.batch_select_indices(index)
-                preallocate(cache, ids.shape[1] + max_new_tokens)
-                mask, logits = mask[index], logits[index, -1].float()
-                position = mask.sum(-1)  # the next token's position: padding is skipped
-                out = torch.full((len(rows), max_new_tokens), pad, device=device)
-                alive = torch.arange(len(rows), device=device)  # rows still decoding
-                eos = torch.tensor(eos_ids, device=device)
-                steps = 0
-                for step in range(max_new_tokens):
-                    token = choose(logits, alive, step)
-                    out[alive, step] = token
-                    steps = step + 1
-                    running = ~torch.isin(token, eos)
-                    if steps == max_new_tokens or not running.any():
-                        break
-                    if not running.all():  # drop finished rows: later steps cost less
-                        keep = running.nonzero().squeeze(-1)
-                        cache.batch_select_indices(keep)
-                        alive, token = alive[keep], token[keep]
-                        mask, position = mask[keep], position[keep]
-                    mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
-                    logits = model(input_ids=token[:, None], attention_mask=mask,
-                                   position_ids=position[:, None], **step_kwargs).logits[:, -1]
-                    logits = logits.float()
-                    position = position + 1
-                return out[:, :steps]
+                return self._decode_loop(prompts, rows, max_new_tokens, eos_ids, choose)
         finally:
             model.train(was_training)
+
+    def _prefill(self, prompts: list[list[int]], rows: list[int], capacity: int):
+        """Encode each prompt once; return the cache (one row per sample, ``capacity``
+        positions), the forward keywords of a decode step, the samples' attention mask and the
+        logits of their first token."""
+        model, device = self.model, self.model.device
+        ids, mask = (t.to(device) for t in left_pad(prompts, self.tokenizer.pad_token_id))
+        cache = DynamicCache(config=model.config)
+        step_kwargs = {cache_kwarg(model): cache, "use_cache": True, "logits_to_keep": 1}
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                       **step_kwargs).logits
+        index = torch.tensor(rows, device=device)
+        if rows != list(range(len(prompts))):  # samples continue their prompt's cache
+            cache.batch_select_indices(index)
+        preallocate(cache, capacity)
+        return cache, step_kwargs, mask[index], logits[index, -1].float()
+
+    def _decode_loop(self, prompts, rows, max_new_tokens, eos_ids, choose) -> torch.Tensor:
+        device = self.model.device
+        cache, step_kwargs, mask, logits = self._prefill(
+            prompts, rows, max(len(p) for p in prompts) + max_new_tokens)
+        position = mask.sum(-1)  # the next token's position: padding is skipped
+        out = torch.full((len(rows), max_new_tokens), self.tokenizer.pad_token_id, device=device)
+        alive = torch.arange(len(rows), device=device)  # rows still decoding
+        eos = torch.tensor(eos_ids, device=device)
+        for step in range(max_new_tokens):
+            token = choose(logits, alive, step)
+            out[alive, step] = token
+            running = ~torch.isin(token, eos)
+            if step + 1 == max_new_tokens or not running.any():
+                return out[:, :step + 1]
+            if not running.all():  # drop finished rows: later steps cost less
+                keep = running.nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                alive, token, mask, position = (t[keep] for t in (alive, token, mask, position))
+            mask = torch.cat([mask, mask.new_ones(len(alive), 1)], dim=1)
+            logits = self.model(input_ids=token[:, None], attention_mask=mask,
+                                position_ids=position[:, None], **step_kwargs).logits[:, -1]
+            logits, position = logits.float(), position + 1
+        return out[:, :0]  # max_new_tokens == 0
 
 
 def _right_pad(parts: list[torch.Tensor], fill) -> torch.Tensor:
