@@ -13,6 +13,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import NoReturn
 
@@ -118,7 +119,7 @@ class Trainer:
         self.dist.refuse_unsupported(cfg)
         self.train_model, self.optimizer = self.dist.prepare(
             self.model, self._optimizer, cfg.max_grad_norm)
-        self.engine = (engine or self._default_engine)(self.model, self.tokenizer)
+        self.engine = (engine or partial(build_engine, cfg))(self.model, self.tokenizer)
         self.collect = Collector(self.engine, self.scorer, self.tokenizer, self.dist,
                                  self.device)
         self.algorithm = build_algorithm(cfg)
@@ -154,9 +155,6 @@ class Trainer:
             raise UserError("method: herl needs the 'rubric' reward (reward_funcs: [rubric]) or "
                             "another graded reward, and data with a 'rubric' column")
         return scorer
-
-    def _default_engine(self, model, tokenizer) -> RolloutEngine:
-        return build_engine(self.cfg, model, tokenizer)
 
     def _optimizer(self, model):
         """AdamW over the trained weights; over float32 masters of them with bf16_weights."""

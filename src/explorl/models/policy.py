@@ -105,7 +105,7 @@ def build_policy(cfg, device: torch.device | str = "cpu",
     ``bf16_weights``."""
     from explorl.models import lora
 
-    dtype = torch.bfloat16 if getattr(cfg, "bf16_weights", False) else torch.float32
+    dtype = torch.bfloat16 if cfg.bf16_weights else torch.float32
     model = load_model(cfg.model).to(device, dtype)
     if cfg.lora_r:
         targets = cfg.lora_target_modules  # PEFT wants its shorthand as a bare string

@@ -145,6 +145,13 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def right_pad_cat(parts: list[torch.Tensor], fill) -> torch.Tensor:
+    """``[n_i, L_i]`` tensors stacked into one, each right-padded with ``fill`` to the widest."""
+    width = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=fill)
+                      for p in parts])
+
+
 def eos_token_ids(model, tokenizer) -> list[int]:
     """The tokenizer's EOS and those of the model's generation config: any of them ends a
     sample."""
@@ -196,9 +203,7 @@ class HFEngine:
                 out = self._sample(prompt_ids[s:s + chunk], prompt_mask[s:s + chunk],
                                    temperature[s:s + chunk], max_new_tokens)
             outs.append(out.clone())
-        width = max(o.shape[1] for o in outs)
-        completion_ids = torch.cat(
-            [torch.nn.functional.pad(o, (0, width - o.shape[1]), value=pad) for o in outs])
+        completion_ids = right_pad_cat(outs, pad)
         completion_mask, truncated = completion_mask_from(completion_ids, self.eos_ids)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
         return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,

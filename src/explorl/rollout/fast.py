@@ -5,6 +5,8 @@ same EOS set, same sampling distribution: ``softmax(top_p(logits / T))``) with l
 
 * each distinct prompt is encoded once and its KV cache copied to its samples, where
   ``model.generate`` encodes every sample's copy of the prompt;
+* the KV cache is allocated once per call, for the prompt and every new token
+  (:class:`PreallocatedLayer`), where a dynamic cache concatenates at every step;
 * a row that has emitted EOS leaves the decode batch (its cache rows and mask are dropped), so
   each step costs what the rows still running cost, where ``generate`` keeps decoding padding;
 * only the last position's logits are computed, and the loop has none of ``generate``'s
@@ -17,12 +19,17 @@ import inspect
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from explorl.models.policy import positions
-from explorl.rollout.engine import Rollout, completion_mask_from, eos_token_ids, left_pad
+from explorl.rollout.engine import (
+    Rollout,
+    completion_mask_from,
+    eos_token_ids,
+    left_pad,
+    right_pad_cat,
+)
 
 # Picks each running row's next token from its float32 logits [rows, V]; ``alive`` holds the
 # rows' indices in the batch and ``step`` the index of the token being chosen.
@@ -138,11 +145,11 @@ class FastEngine:
             ids, lp = self._sample(rows[s:s + chunk], temperature[s:s + chunk], max_new_tokens)
             outs.append(ids)
             logps.append(lp)
-        completion_ids = _right_pad(outs, pad)
+        completion_ids = right_pad_cat(outs, pad)
         completion_mask, truncated = completion_mask_from(completion_ids, self.eos_ids)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
         if self.record_logprobs:
-            self.sampled_logps = _right_pad(logps, 0.0).cpu()
+            self.sampled_logps = right_pad_cat(logps, 0.0).cpu()
         return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
                        torch.tensor(groups, dtype=torch.long), truncated).to(self.model.device)
 
@@ -233,7 +240,3 @@ class FastEngine:
             logits, position = logits.float(), position + 1
         return out[:, :0]  # max_new_tokens == 0
 
-
-def _right_pad(parts: list[torch.Tensor], fill) -> torch.Tensor:
-    width = max(p.shape[1] for p in parts)
-    return torch.cat([F.pad(p, (0, width - p.shape[1]), value=fill) for p in parts])
