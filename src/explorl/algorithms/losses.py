@@ -60,6 +60,15 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
+def entropy_threshold(entropies: torch.Tensor, top_quantile: float) -> float:
+    """The ``1 - top_quantile`` quantile (linear interpolation) of the trained tokens'
+    entropies: tokens at or above it are the top ``top_quantile`` share (Wang et al. 2025,
+    "Beyond the 80/20 rule"). ``-inf`` (every token) when there are none or the share is 1."""
+    if top_quantile >= 1 or entropies.numel() == 0:
+        return float("-inf")
+    return float(torch.quantile(entropies.float(), 1.0 - top_quantile))
+
+
 def terminal_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Per-token rewards ``[N, L]``: each sequence's score on its last masked token, 0
     elsewhere; rows without a token or with an unknown (NaN) score get none."""

@@ -1,8 +1,9 @@
 """The policy update: one optimizer step over this process's rows of a batch, in micro-batches.
 
 The loss of each micro-batch is the algorithm's per-token policy loss (revision rows: HeRL's
-shaped loss instead), plus ``beta`` times the KL to the reference, minus ``entropy_coef`` times
-the entropy, aggregated with whole-batch counts: micro-batches and processes add up to exactly
+shaped loss instead; with ``top_entropy_quantile`` only on the batch's highest-entropy tokens),
+plus ``beta`` times the KL to the reference, minus ``entropy_coef`` times the entropy,
+aggregated with whole-batch counts: micro-batches and processes add up to exactly
 the loss of the whole batch. A step whose loss or gradient is not finite is skipped.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Callable
 import torch
 
 from explorl.algorithms.base import Algorithm
-from explorl.algorithms.losses import Normalizer, aggregate, kl_estimate
+from explorl.algorithms.losses import Normalizer, aggregate, entropy_threshold, kl_estimate
 from explorl.batch import TrainBatch, UpdateBatch
 from explorl.models import lora
 from explorl.models.policy import TokenStats, completion_logprobs, precision
@@ -61,6 +62,7 @@ class PolicyUpdate:
         self.cfg, self.model, self.train_model, self.ref_model = cfg, model, train_model, ref_model
         self.optimizer, self.dist, self.algorithm = optimizer, dist, algorithm
         self.revision_loss, self.entropy_at_one = revision_loss, entropy_at_one
+        self.entropy_coef = cfg.entropy_coef  # adapted between steps by use_adaptive_entropy
         self.before_apply: Callable[[], None] = lambda: None  # called before weights change
 
     # --- before the update: this process's rows and their log-probs ----------------------------
@@ -79,11 +81,23 @@ class PolicyUpdate:
         ref = self.ref_logprobs(rollout) if self.cfg.beta > 0 else None
         return UpdateBatch(rollout, advantages[rows], loss_mask[rows], old, ref,
                            own(batch.revision), own(batch.behaviour_logps), norm,
-                           int(batch.rollout.completion_mask.sum()))
+                           int(batch.rollout.completion_mask.sum()),
+                           self._high_entropy(rollout, loss_mask[rows]))
 
     def logprobs(self, rollout: Rollout) -> torch.Tensor:
         """The policy's log-probs of a rollout's completion tokens (no gradient)."""
         return self._logps(self.model, rollout)
+
+    def _high_entropy(self, rollout: Rollout, mask: torch.Tensor) -> torch.Tensor | None:
+        """Trained tokens at or above the whole batch's entropy quantile (all processes'),
+        under the policy that sampled them; None when every token carries the loss."""
+        if self.cfg.top_entropy_quantile >= 1:
+            return None
+        entropy = self._logps(self.model, rollout, "entropy")
+        trained = entropy[mask.bool()].cpu()
+        threshold = entropy_threshold(torch.cat(self.dist.gather(trained)),
+                                      self.cfg.top_entropy_quantile)
+        return mask.bool() & (entropy >= threshold)
 
     def _old_logps(self, rollout: Rollout) -> torch.Tensor | None:
         # With one optimizer step per batch the ratio is exactly 1: nothing to store.
@@ -98,12 +112,15 @@ class PolicyUpdate:
         return self._logps(self.ref_model, rollout)
 
     @torch.no_grad()
-    def _logps(self, model, rollout: Rollout) -> torch.Tensor:
-        """Log-probs ``[N, Lc]`` (0 at padding), in the update's micro-batches."""
+    def _logps(self, model, rollout: Rollout, what: str = "logps") -> torch.Tensor:
+        """Log-probs (or ``what="entropy"``: entropies) ``[N, Lc]``, 0 at padding, in the
+        update's micro-batches."""
         out = torch.zeros(rollout.completion_ids.shape, device=rollout.completion_ids.device)
         for rows in self._micro_batches(rollout):
-            logps = self._stats(model, rollout.select(rows).trimmed(), with_entropy=False).logps
-            out[torch.tensor(rows, device=out.device), :logps.shape[1]] = logps
+            stats = self._stats(model, rollout.select(rows).trimmed(),
+                                with_entropy=what == "entropy")
+            values = getattr(stats, what)
+            out[torch.tensor(rows, device=out.device), :values.shape[1]] = values
         return out
 
     def _micro_batches(self, rollout: Rollout) -> list[list[int]]:
@@ -166,7 +183,7 @@ class PolicyUpdate:
         if filler:
             mask, full = torch.zeros_like(mask), torch.zeros_like(full)
         stats = self._stats(self.train_model, rollout,
-                            with_entropy="grad" if cfg.entropy_coef else True,
+                            with_entropy="grad" if self.entropy_coef else True,
                             entropy_at_one=self.entropy_at_one)
         logps, advantages = stats.logps, own(batch.advantages)
         old = logps.detach() if batch.old_logps is None else own(batch.old_logps)
@@ -179,13 +196,15 @@ class PolicyUpdate:
             per_token = torch.where(revised, self.revision_loss(logps, old, advantages),
                                     per_token)
             clipped = clipped & ~revised
+        if batch.policy_mask is not None:  # top_entropy_quantile: the other tokens carry none
+            per_token = per_token * own(batch.policy_mask)
         parts = {}
         if batch.ref_logps is not None:
             kl = kl_estimate(logps, own(batch.ref_logps), cfg.kl_estimator)
             per_token = per_token + cfg.beta * kl
             parts["kl"] = float((kl.detach() * mask).sum())
-        if cfg.entropy_coef:
-            per_token = per_token - cfg.entropy_coef * stats.entropy
+        if self.entropy_coef:
+            per_token = per_token - self.entropy_coef * stats.entropy
         loss = aggregate(per_token, mask, cfg.loss_type, batch.norm)
         parts["loss"] = float(loss.detach())
         if batch.revision is not None:
@@ -196,7 +215,7 @@ class PolicyUpdate:
                                                       cfg.loss_type, batch.norm))
         parts["entropy"] = float((stats.entropy.detach() * full).sum())
         if stats.entropy_t1 is not None:
-            parts["entropy_t1"] = float((stats.entropy_t1 * full).sum())
+            parts["entropy_t1"] = float((stats.entropy_t1.detach() * full).sum())
         parts["clip_fraction"] = float((clipped.float() * mask).sum())
         return loss, parts
 
@@ -209,6 +228,11 @@ class PolicyUpdate:
                "update_skipped": int(skipped)}
         if self.entropy_at_one:
             out["entropy_t1"] = sums["entropy_t1"] / generated
+        if batch.policy_mask is not None:
+            out["top_entropy/kept"] = float(batch.policy_mask.sum() / batch.loss_mask.sum().clamp(
+                min=1))
+        if self.cfg.use_adaptive_entropy:
+            out["entropy_coef"] = self.entropy_coef
         if batch.revision is not None:
             out["loss/on_policy"] = sums["loss/on_policy"]
             out["loss/off_policy"] = sums["loss/off_policy"]

@@ -73,11 +73,12 @@ class PromptSampler:
     def _order(self) -> np.ndarray:
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
 
-    def next(self) -> tuple[list[int], int]:
-        """The next batch's row indices, and the pass over the data its first row belongs to."""
-        epoch, out = self.epoch, []
-        while len(out) < self.batch:
-            take = self._order()[self.pos:self.pos + self.batch - len(out)].tolist()
+    def next(self, count: int | None = None) -> tuple[list[int], int]:
+        """The next ``count`` (default: a batch of) row indices, and the pass over the data its
+        first row belongs to."""
+        epoch, out, count = self.epoch, [], count or self.batch
+        while len(out) < count:
+            take = self._order()[self.pos:self.pos + count - len(out)].tolist()
             out += take
             self.pos += len(take)
             if self.pos >= self.size:

