@@ -16,20 +16,25 @@ RARE=(--seeds 3 --output runs/exploration/rubric_rare --set dataset=rubric_rare
 ARITH=(--seeds 3 --output runs/exploration/arithmetic --set learning_rate=2e-4
        --set max_generated_tokens=150000 --set max_steps=100000 --set eval_every=40
        --set eval_pass_k=1,4,16 --set save_every=0 --set plots=false --set progress=false)
-# more revisions in training: two per draft, up to three accepted per failed group
-HERL_MORE="grpo+herl_more:loss_type=grpo,advantage_estimator=grpo,scale_rewards=group,"\
-"method=herl,herl.revisions=2,herl.replace_top_n=3,herl.accept=draft"
+# HeRL training revisions under both prompts, revisions kept out of the group's statistics
+HERL_ON_POLICY="grpo+herl_both_on_policy:loss_type=grpo,advantage_estimator=grpo,"\
+"scale_rewards=group,method=herl,herl.context=both,herl.baseline=on_policy"
 stage=${1:-all}
 if [[ $stage == rare || $stage == all ]]; then
-  ( $EXPLORL compare grpo grpo+herl grpo+herl_blank grpo+herl_original grpo+clip_higher \
-        grpo+top_entropy grpo+e3_budget "${RARE[@]}" ) &
-  ( $EXPLORL compare grpo+herl_both "$HERL_MORE" grpo+herl+e3_budget grpo+dynamic_sampling \
+  ( $EXPLORL compare grpo grpo+herl grpo+herl_blank grpo+herl_original grpo+top_entropy \
+        grpo+e3_budget "${RARE[@]}" ) &
+  ( $EXPLORL compare grpo+herl_both "$HERL_ON_POLICY" grpo+dynamic_sampling \
         grpo+adaptive_entropy grpo+e3_temperature "${RARE[@]}" ) &
   wait
 fi
 if [[ $stage == arithmetic || $stage == all ]]; then
   ( $EXPLORL compare grpo grpo+clip_higher grpo+top_entropy grpo+e3_budget "${ARITH[@]}" ) &
   ( $EXPLORL compare grpo+dynamic_sampling grpo+adaptive_entropy grpo+e3_temperature \
+        "${ARITH[@]}"
+    # clip-higher acts only when a batch takes more than one optimizer step: at one step the
+    # ratio is exactly 1 (grpo+clip_higher above equals grpo); two passes, with their control
+    G2="loss_type=grpo,advantage_estimator=grpo,scale_rewards=group,num_iterations=2"
+    $EXPLORL compare "grpo_2_iterations:$G2" "clip_higher_2_iterations:$G2,epsilon_high=0.28" \
         "${ARITH[@]}" ) &
   wait
 fi

@@ -262,3 +262,32 @@ def test_rare_warm_start_phase_runs_and_probes(tmp_path):
                   log=lambda line: None)
     assert out["rubric_rare"]["prompts"] == 8 and "revision_all_met_blank" in out["rubric_rare"]
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_on_policy_baseline_keeps_revisions_out_of_the_group_statistics():
+    from explorl.algorithms.grpo import GRPO
+    from explorl.batch import TrainBatch
+    from explorl.config import HeRLConfig
+    from explorl.exploration.hindsight import Hindsight, revision_advantages
+    from tests.test_herl import make_rollout
+
+    # group 0 failed everywhere, one slot a revision met everything; group 1 is mixed, its
+    # revision (0.5) sits at its on-policy mean
+    rewards = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.5])
+    groups = [0, 0, 0, 0, 1, 1, 1]
+    revision = torch.tensor([False, False, False, True, False, False, True])
+    assert revision_advantages(rewards, torch.tensor(groups), revision).tolist() == \
+        [0, 0, 0, 1.0, 0, 0, 0.0]
+    tok = load_tokenizer("tiny")
+    rollout = make_rollout(tok, [[5]] * 7, ["1"] * 7, groups)
+    batch = TrainBatch(rollout, rewards, ["1"] * 7, revision)
+    mask = rollout.completion_mask
+    grpo = GRPO(TrainConfig(loss_type="grpo"))
+    on_policy = Hindsight(HeRLConfig(baseline="on_policy"), None, "", 8, 0).advantages(
+        batch, mask, grpo.advantages)
+    std = 2 ** -0.5  # of the on-policy rewards 1 and 0 of group 1
+    assert on_policy[:, 0].tolist() == pytest.approx(
+        [0, 0, 0, 1.0, 0.5 / (std + 1e-4), -0.5 / (std + 1e-4), 0.0])
+    # the reference: one revision among three failures makes their advantages negative
+    group = Hindsight(HeRLConfig(), None, "", 8, 0).advantages(batch, mask, grpo.advantages)
+    assert (group[:3, 0] < 0).all() and group[3, 0] > 1

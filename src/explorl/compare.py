@@ -2,9 +2,9 @@
 
 A SPEC is a preset name (``grpo``, ``dapo``, ``dr_grpo``, ``rloo``, ``gspo``, ``cispo``, ``ppo``,
 ``ilql``, ``filtered_bc`` (offline: give them ``dataset=samples.jsonl``), ``e3_budget``,
-``e3_budget_mixed``, ``e3_temperature``, ``e3``, ``herl``, ``herl_both``, the exploration
-baselines ``clip_higher``, ``dynamic_sampling``, ``top_entropy``, ``adaptive_entropy``, ...),
-presets joined with ``+``
+``e3_budget_mixed``, ``e3_temperature``, ``e3``, ``herl``, ``herl_both``, ``herl_on_policy``, the
+exploration baselines ``clip_higher``, ``dynamic_sampling``, ``top_entropy``,
+``adaptive_entropy``, ...), presets joined with ``+``
 (their methods are joined too: ``herl+e3``), or ``label:key=value,key=value``. Each
 run lives in ``<output>/<label>/seed<k>``; rerunning the same command resumes unfinished runs and
 reuses finished ones.
@@ -38,6 +38,7 @@ PRESETS: dict[str, list[str]] = {
     "herl_original": ["method=herl", "herl.context=original"],
     "herl_blank": ["method=herl", "herl.blank_hindsight=true"],
     "herl_both": ["method=herl", "herl.context=both"],
+    "herl_on_policy": ["method=herl", "herl.baseline=on_policy"],
     "clip_higher": ["epsilon_high=0.28"],
     "dynamic_sampling": ["dynamic_sampling=true"],
     "top_entropy": ["top_entropy_quantile=0.2"],

@@ -66,6 +66,12 @@ class HeRLConfig:
     ``pi_T(z | x) / pi_b(z | hindsight)`` with T the group's sampling temperature; ``both``:
     each accepted revision fills two slots of its group, one under each (the first keeps the
     revise mode trained, the second teaches the answer to the original prompt)."""
+    baseline: Literal["group", "on_policy"] = "group"
+    """Advantages of a group holding revisions: ``group`` (the reference) normalises revisions
+    with the on-policy samples, so in a group that failed everywhere one accepted revision
+    turns every on-policy sample's advantage negative; ``on_policy``: on-policy samples keep
+    the advantages they have without the revisions (zero in an all-fail group), and a revision
+    gets its reward minus the mean of its group's on-policy rewards."""
     gamma: float = 1.0
     """Shaping of revision tokens' ratio, ``rho / (rho + gamma)``; <= 0: plain ``rho``."""
     revise_template: str | None = None

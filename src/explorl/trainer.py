@@ -224,7 +224,9 @@ class Trainer:
             # 4. Advantages of the whole batch; this process's rows of it for the update.
             start = time.perf_counter()
             loss_mask = train_batch.loss_mask(cfg.mask_truncated_completions)
-            advantages = self.algorithm.advantages(train_batch, loss_mask)
+            advantages = self.algorithm.advantages(train_batch, loss_mask) if not \
+                self.hindsight else self.hindsight.advantages(train_batch, loss_mask,
+                                                              self.algorithm.advantages)
             shard = self.update.prepare(train_batch, advantages, loss_mask)
         # 5. Policy update (and the stop after too many non-finite ones).
         update = self.update.step(shard, self.lr_at(step), step)

@@ -24,10 +24,9 @@ from explorl.exploration.hindsight import shaped_surrogate
 from explorl.rollout.engine import Rollout, left_pad
 
 COUNTS = [2, 3, 6, 6]  # samples per prompt, uneven as under E3; 17 rows: 9 and 8 per process
-CASES = {  # each a different normaliser; dapo in micro-batches of 4 needs a filler pass (3 vs 2);
-    # grpo trains the top half of tokens by entropy, a threshold over both processes' tokens
+CASES = {  # each a different normaliser; dapo in micro-batches of 4 needs a filler pass (3 vs 2)
     "dapo": dict(loss_type="dapo", micro_batch_size=4, beta=0.04, entropy_coef=0.01),
-    "grpo": dict(loss_type="grpo", gradient_checkpointing=True, top_entropy_quantile=0.5),
+    "grpo": dict(loss_type="grpo", gradient_checkpointing=True),
     "dr_grpo": dict(loss_type="dr_grpo", kl_estimator="k1", beta=0.1),
 }
 GAMMA = {"dapo": 1.0, "grpo": 0.5, "dr_grpo": 1.0}  # HeRL's shaping of the revision rows

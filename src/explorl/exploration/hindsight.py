@@ -151,6 +151,21 @@ def shaped_surrogate(logps: torch.Tensor, old_logps: torch.Tensor, advantages: t
     return -advantages * shaped
 
 
+def revision_advantages(rewards: torch.Tensor, group_ids: torch.Tensor,
+                        revision: torch.Tensor) -> torch.Tensor:
+    """``[N]``: each revision's reward minus the mean known reward of its group's on-policy
+    samples (0 where the group has none, or the revision's reward is unknown); 0 elsewhere."""
+    on_policy = rewards.masked_fill(revision, float("nan"))
+    known = ~on_policy.isnan()
+    n_groups = int(group_ids.max()) + 1
+    sums = rewards.new_zeros(n_groups).index_add_(
+        0, group_ids, torch.where(known, on_policy, torch.zeros_like(on_policy)))
+    counts = rewards.new_zeros(n_groups).index_add_(0, group_ids, known.to(rewards.dtype))
+    centred = rewards - (sums / counts.clamp(min=1))[group_ids]
+    ok = revision & (counts[group_ids] > 0) & ~rewards.isnan()
+    return torch.where(ok, centred, torch.zeros_like(centred))
+
+
 @dataclass
 class Sample:
     """One row's content to write into a rollout: prompt, completion, how it was drawn."""
@@ -219,6 +234,22 @@ class Hindsight:
     def revision_loss(self, logps: torch.Tensor, behaviour_logps: torch.Tensor,
                       advantages: torch.Tensor) -> torch.Tensor:
         return shaped_surrogate(logps, behaviour_logps, advantages, self.cfg.gamma)
+
+    def advantages(self, batch: TrainBatch, loss_mask: torch.Tensor,
+                   algorithm_advantages: Callable[[TrainBatch, torch.Tensor], torch.Tensor]
+                   ) -> torch.Tensor:
+        """Per-token advantages of a batch HeRL changed: the algorithm's over the whole batch
+        (``baseline=group``), or over its on-policy rows alone with each revision's reward
+        centred on its group's on-policy mean (``baseline=on_policy``)."""
+        if self.cfg.baseline == "group" or not batch.revision.any():
+            return algorithm_advantages(batch, loss_mask)
+        on_policy = replace(batch, rewards=batch.rewards.masked_fill(batch.revision,
+                                                                     float("nan")))
+        advantages = algorithm_advantages(on_policy, loss_mask)
+        revised = revision_advantages(batch.rewards, batch.rollout.group_ids, batch.revision)
+        rows = batch.revision.unsqueeze(-1)
+        return torch.where(rows, revised.unsqueeze(-1) * loss_mask.to(advantages.dtype),
+                           advantages)
 
     def augment(self, batch: ScoredBatch, collect: Collect,
                 logprobs: LogProbs) -> tuple[TrainBatch, dict]:
