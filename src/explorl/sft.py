@@ -55,9 +55,9 @@ class SFTConfig:
     with ``rubric_steps=0``)."""
     rare_steps: int = 0
     """Third phase: steps on the rare rubric variant (:func:`explorl.data.rubric_task.
-    rare_sft_example`), every ``replay_every``-th batch from the rubric phase and the one after
-    it arithmetic. ``model=tiny-rare`` is ``explorl sft init_from=<tiny> rubric_steps=0
-    rare_steps=1500``."""
+    rare_sft_example`); every ``replay_every``-th batch is a replay, arithmetic and the first
+    rubric variants in turn. ``model=tiny-rare`` is ``explorl sft init_from=<tiny>
+    rubric_steps=0 rare_steps=1500``."""
 
 
 def _batch(tok, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -81,7 +81,8 @@ def _batch(tok, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 def run_sft(cfg: SFTConfig, log=print) -> dict:
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.learning_rate <= 0 or cfg.rare_steps < 0:
-        raise UserError("sft: steps, batch_size and learning_rate must be positive")
+        raise UserError("sft: steps, batch_size and learning_rate must be positive and "
+                        "rare_steps >= 0")
     if not 0 <= cfg.bug_rate <= 1:
         raise UserError(f"sft: bug_rate must be in [0, 1], got {cfg.bug_rate}")
     previous = torch.get_num_threads()

@@ -47,36 +47,23 @@ def _criterion(kind: str, value) -> dict:
     return {"description": f"ends {value}", "check": "ends_with", "args": {"suffix": value}}
 
 
-def _constraints(rng: random.Random, end: str) -> tuple[str, list[tuple[str, object]]]:
-    """A solution ending in ``end`` and the stated constraints it meets (length first)."""
+def _constraints(rng: random.Random, end: str, most: int = 3,
+                 has_from: int = 1) -> tuple[str, list[tuple[str, object]]]:
+    """A solution ending in ``end`` and the stated constraints it meets: its length, then 1 to
+    ``most`` of starts/has/no, none about the ending. The ``has`` digit is drawn from the
+    solution's digits from index ``has_from`` up to its ending."""
     n = rng.randint(4, 7)
-    solution = "".join(rng.choice(DIGITS) for _ in range(n - 1)) + end
+    solution = "".join(rng.choice(DIGITS) for _ in range(n - len(end))) + end
     stated: list[tuple[str, object]] = [("len", n)]
-    for kind in rng.sample(["starts", "has", "no"], rng.randint(1, 3)):
+    for kind in rng.sample(["starts", "has", "no"], rng.randint(1, most)):
         if kind == "starts":
             stated.append(("starts", solution[0]))
         elif kind == "has":
-            stated.append(("has", rng.choice(solution[1:-1])))
+            stated.append(("has", rng.choice(solution[has_from:-len(end)])))
         else:
             absent = [d for d in DIGITS if d not in solution]
             if absent:
                 stated.append(("no", rng.choice(absent)))
-    return solution, stated
-
-
-def _rare_constraints(rng: random.Random, end: str) -> tuple[str, list[tuple[str, object]]]:
-    """A solution ending in the two digits ``end``; the length and one or two more stated
-    constraints, none about the ending."""
-    n = rng.randint(4, 7)
-    solution = "".join(rng.choice(DIGITS) for _ in range(n - 2)) + end
-    stated: list[tuple[str, object]] = [("len", n)]
-    for kind in rng.sample(["starts", "has", "no"], rng.randint(1, 2)):
-        if kind == "starts":
-            stated.append(("starts", solution[0]))
-        elif kind == "has":
-            stated.append(("has", rng.choice(solution[:-2])))
-        else:
-            stated.append(("no", rng.choice([d for d in DIGITS if d not in solution])))
     return solution, stated
 
 
@@ -86,7 +73,7 @@ def make_row(rng: random.Random, variant: str, end: str | None = None) -> dict:
     tag = rng.choice(sorted(TAGS))
     if variant == "rare":
         end = end if end is not None else RARE_TAGS[tag]
-        solution, stated = _rare_constraints(rng, end)
+        solution, stated = _constraints(rng, end, most=2, has_from=0)
     else:
         end = end if end is not None else TAGS[tag]
         solution, stated = _constraints(rng, end)
@@ -155,6 +142,17 @@ def render_revision(row: dict, draft: str, verdicts: list[bool]) -> str:
                                   met_list=", ".join(met), unmet_list=", ".join(unmet))
 
 
+def _demonstration(row: dict, draft: str, revise: bool) -> dict | None:
+    """The draft as a direct answer, or (``revise``) the revision of a draft that missed a
+    criterion; None for a draft that met them all (nothing to revise)."""
+    if not revise:
+        return {"prompt": row["prompt"], "answer": draft}
+    verdicts = [_met(draft, c) for c in row["rubric"]]
+    if all(verdicts):
+        return None
+    return {"prompt": render_revision(row, draft, verdicts), "answer": row["solution"]}
+
+
 def sft_example(rng: random.Random, held: set[str], revise_share: float = 0.5) -> dict:
     """One demonstration ``{prompt, answer}``: a direct answer or a revision of a failed draft.
     Both variants appear; in revisions the ending digit is random, not the tag's."""
@@ -165,12 +163,9 @@ def sft_example(rng: random.Random, held: set[str], revise_share: float = 0.5) -
                        end=rng.choice(DIGITS) if revise else None)
         if row["prompt"] in held:
             continue
-        draft = draft_answer(rng, row, hidden)
-        if not revise:
-            return {"prompt": row["prompt"], "answer": draft}
-        verdicts = [_met(draft, c) for c in row["rubric"]]
-        if not all(verdicts):
-            return {"prompt": render_revision(row, draft, verdicts), "answer": row["solution"]}
+        example = _demonstration(row, draft_answer(rng, row, hidden), revise)
+        if example:
+            return example
 
 
 def rare_sft_example(rng: random.Random, held: set[str], revise_share: float = 0.5,
@@ -184,9 +179,7 @@ def rare_sft_example(rng: random.Random, held: set[str], revise_share: float = 0
         row = make_row(rng, "rare", end=end)
         if row["prompt"] in held:
             continue
-        draft = draft_answer(rng, row, True, edit_rate, hidden_digits=2)
-        if not revise:
-            return {"prompt": row["prompt"], "answer": draft}
-        verdicts = [_met(draft, c) for c in row["rubric"]]
-        if not all(verdicts):
-            return {"prompt": render_revision(row, draft, verdicts), "answer": row["solution"]}
+        example = _demonstration(row, draft_answer(rng, row, True, edit_rate, hidden_digits=2),
+                                 revise)
+        if example:
+            return example
