@@ -60,11 +60,12 @@ def run_gpu_tests() -> dict:
 # --- 2. agreement -------------------------------------------------------------------------------
 def trainer_on(device: str, mode: str, folder: str):
     from explorl import TrainConfig, Trainer
+    from explorl.config import EntropyConfig
 
     return Trainer(TrainConfig(
         output_dir=f"{folder}/{device}-{mode}", device=device, bf16=mode == "bf16",
         eval_size=8, task_train_size=64, progress=False, plots=False, micro_batch_size=12,
-        beta=0.04, entropy_coef=0.01, max_grad_norm=1e6))
+        beta=0.04, entropy=EntropyConfig(coef=0.01), max_grad_norm=1e6))
 
 
 def on_policy_batch(trainer):
@@ -85,7 +86,9 @@ def one_update(trainer, batch, advantages, loss_mask) -> tuple[float, torch.Tens
 
     device = trainer.model.device
     batch = replace(batch, rollout=batch.rollout.to(device), rewards=batch.rewards.to(device))
-    shard = trainer.update.prepare(batch, advantages.to(device), loss_mask.to(device))
+    from explorl.batch import Advantages
+
+    shard = trainer.update.prepare(batch, Advantages(advantages.to(device)), loss_mask.to(device))
     trainer.optimizer.step = lambda *a, **k: None  # keep the gradients: no step
     trainer.optimizer.zero_grad = lambda *a, **k: None
     metrics = trainer.update.step(shard, trainer.cfg.learning_rate)

@@ -217,7 +217,7 @@ CASES = [
     ("reward-model-not-a-classifier", f"{TRAIN} reward_funcs={{tmp}}/m",
      {"m/": lambda p: tiny_model_folder(p)}, "is not a reward model (a sequence classifier"),
     ("ppo-with-beta", f"{TRAIN} method=ppo beta=0.1", {},
-     "beta: method=ppo puts the KL penalty into the reward"),
+     "beta: method=ppo: it puts the KL penalty into the reward"),
     ("ppo-with-herl", f"{TRAIN} method=ppo+herl", {}, "method: herl under ppo is not supported"),
     ("ppo-critic-without-rm", f"{TRAIN} method=ppo ppo.critic_init=reward_model {SMALL}", {},
      "ppo.critic_init: reward_model needs a reward model in reward_funcs"),

@@ -12,8 +12,7 @@ SMALL = ["max_steps=2", "prompts_per_step=4", "num_generations=4", "eval_size=24
 
 
 def test_parse_spec():
-    assert parse_spec("dr_grpo")[1] == ["loss_type=dr_grpo", "advantage_estimator=dr_grpo",
-                                        "scale_rewards=none"]
+    assert parse_spec("dr_grpo")[1] == ["loss_type=dr_grpo", "advantage_estimator=dr_grpo"]
     assert parse_spec("hot:temperature=1.5,beta=0.1") == ("hot", ["temperature=1.5", "beta=0.1"])
     assert parse_spec("grpo+dapo")[1][-1] == "epsilon_high=0.28"
     # methods of joined presets are joined, not overwritten

@@ -94,16 +94,27 @@ def test_train_help_lists_every_key_by_section(capsys):
     import dataclasses
 
     from explorl.cli import main
-    from explorl.config import E3Config, HeRLConfig, ILQLConfig, JudgeConfig, PPOConfig
+    from explorl.config import (
+        DynamicSamplingConfig,
+        E3Config,
+        EntropyConfig,
+        HeRLConfig,
+        ILQLConfig,
+        JudgeConfig,
+        PPOConfig,
+    )
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
     assert "  herl.gamma: float = 1.0\n      Shaping of revision tokens' ratio" in text
     assert "  loss_type: grpo|dapo|dr_grpo|cispo = 'dapo'" in text
+    sections = ("herl", "e3", "judge", "ppo", "ilql", "entropy", "dynamic_sampling")
     for prefix, cls in (("", TrainConfig), ("herl.", HeRLConfig), ("e3.", E3Config),
-                        ("judge.", JudgeConfig), ("ppo.", PPOConfig), ("ilql.", ILQLConfig)):
+                        ("judge.", JudgeConfig), ("ppo.", PPOConfig), ("ilql.", ILQLConfig),
+                        ("entropy.", EntropyConfig),
+                        ("dynamic_sampling.", DynamicSamplingConfig)):
         for f in dataclasses.fields(cls):
-            if f.name not in ("herl", "e3", "judge", "ppo", "ilql"):
+            if f.name not in sections:
                 assert f"  {prefix}{f.name}: " in text, f.name
     assert "\nherl: HeRL, hindsight revisions of failed groups" in text

@@ -46,7 +46,7 @@ def test_cli_train_on_two_processes(tmp_path, engine):
     launch(["-m", "explorl.cli", "train", f"output_dir={run}", "max_steps=3",
             "prompts_per_step=3", "num_generations=4", "eval_size=16", "task_train_size=100",
             "save_every=2", "plots=false", "progress=false", "method=e3", "e3.budget_min=2",
-            "e3.budget_max=6", "micro_batch_size=3", "e3.entropy_target_steps=1",
+            "e3.budget_max=6", "micro_batch_size=3", "entropy.target_steps=1",
             "log_completions_every=1"], tmp_path, engine)
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoint-2", "checkpoint-3", "completions.jsonl", "config.yaml", "final",
@@ -125,7 +125,7 @@ def test_split_batch_gives_the_whole_batch_gradient(split_run, tmp_path, case):
     for r in (0, 1):
         split = json.loads((split_run / f"{case}-rank{r}.json").read_text())
         for key in ("loss", "kl", "entropy", "clip_fraction", "grad_norm",
-                    "loss/on_policy", "loss/off_policy"):
+                    "loss/policy", "loss/revision"):
             assert split[key] == pytest.approx(single[key], rel=1e-5, abs=1e-7), key
 
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from explorl.config import EntropyConfig
 from explorl.exploration.budget import (
     DifficultyStats,
     RolloutBudget,
@@ -149,7 +150,8 @@ def test_e3_in_training_and_exact_resume(tmp_path):
     def cfg(name, steps):
         return TrainConfig(output_dir=str(tmp_path / name), max_steps=steps, save_every=3,
                            prompts_per_step=4, num_generations=4, method="e3",
-                           e3=E3Config(budget_min=2, budget_max=8, entropy_target_steps=2),
+                           e3=E3Config(budget_min=2, budget_max=8),
+                           entropy=EntropyConfig(target_steps=2),
                            eval_size=24, task_train_size=8, progress=False, plots=False)
 
     straight = Trainer(cfg("a", 6))
@@ -165,7 +167,9 @@ def test_e3_in_training_and_exact_resume(tmp_path):
     assert rows[0]["entropy_target"] is None
     assert rows[2]["entropy_target"] == pytest.approx((rows[0]["entropy"] + rows[1]["entropy"]) / 2,
                                                       rel=1e-4)
-    assert all("entropy_t1" in r for r in rows)
+    # the untempered entropy is logged once some row is sampled at another temperature than 1
+    assert all(("entropy_t1" in r) == (r["temperature"] != 1.0) for r in rows)
+    assert "entropy_t1" in rows[-1]
 
     Trainer(cfg("b", 3)).train()
     resumed = Trainer(cfg("b", 6))

@@ -11,11 +11,11 @@ import torch
 
 from explorl import TrainConfig, Trainer
 from explorl.algorithms.losses import entropy_threshold
-from explorl.config import load_config
+from explorl.config import DynamicSamplingConfig, EntropyConfig, load_config
 from explorl.data import rubric_task
 from explorl.data.prompts import PromptCodec
 from explorl.errors import UserError
-from explorl.exploration.dynamic_sampling import DynamicSampling, informative_groups
+from explorl.exploration.dynamic_sampling import Selection, informative_groups
 from explorl.exploration.entropy_bonus import AdaptiveEntropyBonus, next_entropy_coef
 from explorl.models.policy import load_tokenizer
 from explorl.rewards.rubric import RULES
@@ -53,12 +53,11 @@ def test_dynamic_sampling_refills_until_the_batch_is_full(tok):
     refills = [scored(tok, ["5", "5", "7", "71"], [0, 0, 1, 1]),  # 1 of 2 informative
                scored(tok, ["71", "7"], [0, 0])]  # the last missing group
     asked = []
-
-    def more(n):
-        asked.append(n)
-        return refills.pop(0)
-
-    batch, dropped, m = DynamicSampling(4, 3, tok.pad_token_id).fill(first, more)
+    selection = Selection(first, 4, 3, tok.pad_token_id)
+    while selection.missing:
+        asked.append(selection.missing)
+        selection.add(refills.pop(0))
+    batch, dropped, m = selection.result()
     assert asked == [2, 1]  # as many new prompts as groups are missing
     assert batch.texts == ["71", "2", "2", "71", "7", "71", "71", "7"]
     assert batch.rollout.group_ids.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
@@ -75,13 +74,15 @@ def test_dynamic_sampling_refills_until_the_batch_is_full(tok):
 
 def test_dynamic_sampling_stops_after_max_rounds(tok):
     first = scored(tok, ["71", "71", "2", "71"], [0, 0, 1, 1])
-    batch, _, m = DynamicSampling(2, 1, tok.pad_token_id).fill(
-        first, lambda n: scored(tok, ["5", "5"], [0, 0]))
+    selection = Selection(first, 2, 1, tok.pad_token_id)
+    while selection.missing:
+        selection.add(scored(tok, ["5", "5"], [0, 0]))
+    batch, _, m = selection.result()
     assert m["dynamic_sampling/rounds"] == 1 and m["dynamic_sampling/kept_groups"] == 0.5
     assert batch.texts == ["2", "71"] and len(batch.rows) == 1
     # nothing informative at all: the first batch is trained as it is (zero advantages)
     nothing = scored(tok, ["71", "71"], [0, 0])
-    batch, dropped, m = DynamicSampling(1, 0, tok.pad_token_id).fill(nothing, None)
+    batch, dropped, m = Selection(nothing, 1, 0, tok.pad_token_id).result()
     assert batch is nothing and dropped == 0 and m["dynamic_sampling/kept_groups"] == 0
 
 
@@ -100,25 +101,25 @@ def test_top_entropy_quantile_trains_only_high_entropy_tokens(tmp_path):
     advantages zeroed gives the same gradient."""
     cfg = TrainConfig(max_steps=1, prompts_per_step=2, num_generations=4, eval_size=4,
                       max_completion_length=6, output_dir=str(tmp_path), progress=False,
-                      plots=False, top_entropy_quantile=0.3, learning_rate=1e-3)
+                      plots=False, entropy=EntropyConfig(top_quantile=0.3), learning_rate=1e-3)
     trainer = Trainer(cfg)
     batch = trainer.collect(trainer.train_rows[:2], trainer.prompt_ids[:2], [4, 4], [1.0, 1.0],
                             6)
-    from explorl.batch import TrainBatch
+    from explorl.batch import Advantages, TrainBatch
 
     train = TrainBatch.of(batch)
     mask = train.loss_mask(False)
     advantages = torch.randn(len(train), 1).expand_as(mask).clone()
-    shard = trainer.update.prepare(train, advantages, mask)
+    shard = trainer.update.prepare(train, Advantages(advantages), mask)
     kept = shard.policy_mask
-    entropy = trainer.update._logps(trainer.model, train.rollout, "entropy")
+    entropy = trainer.logprobs.entropy(train.rollout)
     threshold = entropy_threshold(entropy[mask.bool()], 0.3)
     assert torch.equal(kept, mask.bool() & (entropy >= threshold))
     assert 0.3 * mask.sum() <= kept.sum() < mask.sum()  # more only where entropies tie
 
     def grads(shard):
         trainer.model.zero_grad()
-        trainer.update._chunk_loss(shard, list(range(len(shard))), False)[0].backward()
+        trainer.update._chunk_loss(shard.chunk(list(range(len(shard)))), {}, False)[0].backward()
         return [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
 
     masked = grads(shard)
@@ -152,8 +153,8 @@ def test_adaptive_bonus_takes_its_target_from_the_first_steps():
 
 def test_adaptive_entropy_run_raises_the_bonus_and_resumes_it(tmp_path):
     common = dict(prompts_per_step=2, num_generations=4, eval_size=4, max_completion_length=6,
-                  progress=False, plots=False, use_adaptive_entropy=True, entropy_target=5.0,
-                  entropy_coef_step=0.01, save_every=2)
+                  progress=False, plots=False, save_every=2,
+                  entropy=EntropyConfig(adaptive=True, target=5.0, coef_step=0.01))
     Trainer(TrainConfig(max_steps=3, output_dir=str(tmp_path / "a"), **common)).train()
     rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     # the target (5 nats) is above any entropy of this model: the bonus grows every step
@@ -168,7 +169,8 @@ def test_adaptive_entropy_run_raises_the_bonus_and_resumes_it(tmp_path):
 def test_dynamic_sampling_run_counts_every_token(tmp_path):
     cfg = TrainConfig(max_steps=2, prompts_per_step=4, num_generations=4, eval_size=4,
                       max_completion_length=6, output_dir=str(tmp_path), progress=False,
-                      plots=False, dynamic_sampling=True, dynamic_sampling_max_rounds=2)
+                      plots=False, method="dynamic_sampling",
+                      dynamic_sampling=DynamicSamplingConfig(max_rounds=2))
     Trainer(cfg).train()
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     total = 0
@@ -180,17 +182,31 @@ def test_dynamic_sampling_run_counts_every_token(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, key", [
-    (["top_entropy_quantile=0"], "top_entropy_quantile"),
-    (["dynamic_sampling=true", "method=herl"], "dynamic_sampling"),
-    (["dynamic_sampling=true", "method=e3"], "dynamic_sampling"),
-    (["dynamic_sampling_max_rounds=-1"], "dynamic_sampling_max_rounds"),
-    (["use_adaptive_entropy=true", "method=e3"], "use_adaptive_entropy"),
-    (["use_adaptive_entropy=true", "entropy_coef=0.2"], "entropy_coef"),
-    (["entropy_coef_step=-1"], "entropy_coef_step"),
+    (["entropy.top_quantile=0"], "entropy.top_quantile"),
+    (["method=dynamic_sampling+herl"], "method"),
+    (["method=dynamic_sampling+e3"], "method"),
+    (["dynamic_sampling.max_rounds=-1"], "dynamic_sampling.max_rounds"),
+    (["entropy.adaptive=true", "method=e3"], "entropy.adaptive"),
+    (["entropy.adaptive=true", "entropy.coef=0.2"], "entropy.coef"),
+    (["entropy.coef_step=-1"], "entropy.coef_step"),
 ])
 def test_baseline_settings_are_checked(overrides, key):
     with pytest.raises(UserError, match=f"override '.*': {key}:"):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("override, now", [
+    ("top_entropy_quantile=0.2", "entropy.top_quantile"),
+    ("use_adaptive_entropy=true", "entropy.adaptive"),
+    ("entropy_coef=0.01", "entropy.coef"),
+    ("dynamic_sampling=true", "method=dynamic_sampling"),
+    ("dynamic_sampling_max_rounds=2", "dynamic_sampling.max_rounds"),
+    ("e3.entropy_target=1.0", "entropy.target"),
+])
+def test_flat_keys_of_earlier_versions_name_their_section(override, now):
+    key = override.split("=")[0]
+    with pytest.raises(UserError, match=f"unknown config key '{key}' \\(now {now}"):
+        load_config(None, [override])
 
 
 # --- HeRL: both contexts --------------------------------------------------------------------------
@@ -203,7 +219,7 @@ def test_both_contexts_put_each_revision_in_two_slots(tok):
 
     _, trained, m, calls = run_hindsight(tok, ["71", "71"], logprobs=logprobs,
                                          group_temperature=0.7, temperature=0.5, context="both")
-    slots = torch.nonzero(trained.revision).flatten().tolist()
+    slots = torch.nonzero(trained.rows["revision"]).flatten().tolist()
     assert len(slots) == 2 and m["herl/replaced"] == 2
     assert all(trained.texts[s] == "71" and trained.rewards[s] == 1.0 for s in slots)
     under = [trained.trained_under[s] for s in slots]
@@ -280,14 +296,16 @@ def test_on_policy_baseline_keeps_revisions_out_of_the_group_statistics():
         [0, 0, 0, 1.0, 0, 0, 0.0]
     tok = load_tokenizer("tiny")
     rollout = make_rollout(tok, [[5]] * 7, ["1"] * 7, groups)
-    batch = TrainBatch(rollout, rewards, ["1"] * 7, revision)
+    batch = TrainBatch(rollout, rewards, ["1"] * 7, rows={"policy": ~revision,
+                                                          "revision": revision})
     mask = rollout.completion_mask
     grpo = GRPO(TrainConfig(loss_type="grpo"))
     on_policy = Hindsight(HeRLConfig(baseline="on_policy"), None, "", 8, 0).advantages(
-        batch, mask, grpo.advantages)
+        batch, mask, grpo.advantages).advantages
     std = 2 ** -0.5  # of the on-policy rewards 1 and 0 of group 1
     assert on_policy[:, 0].tolist() == pytest.approx(
         [0, 0, 0, 1.0, 0.5 / (std + 1e-4), -0.5 / (std + 1e-4), 0.0])
     # the reference: one revision among three failures makes their advantages negative
-    group = Hindsight(HeRLConfig(), None, "", 8, 0).advantages(batch, mask, grpo.advantages)
+    group = Hindsight(HeRLConfig(), None, "", 8, 0).advantages(batch, mask,
+                                                               grpo.advantages).advantages
     assert (group[:3, 0] < 0).all() and group[3, 0] > 1

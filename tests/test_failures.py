@@ -52,11 +52,11 @@ def test_nonfinite_updates_are_skipped_then_stop_the_run(tmp_path):
     trainer = Trainer(cfg)
     original = trainer.update.step
 
-    def poisoned(batch, lr, step):  # NaN gradients from step 2 on
+    def poisoned(batch, lr, step, coefficients):  # NaN gradients from step 2 on
         if trainer.step_done >= 1:
             for p in trainer.model.parameters():
                 p.register_hook(lambda g: g * math.nan) if p.requires_grad else None
-        return original(batch, lr, step)
+        return original(batch, lr, step, coefficients)
 
     trainer.update.step = poisoned
     with pytest.raises(TrainingStopped, match="not finite in 2 steps in a row"):

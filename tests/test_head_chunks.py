@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from explorl.algorithms.update import micro_batches
 from explorl.models.head import chunkable_head
+from explorl.models.logprobs import micro_batches
 from explorl.models.policy import completion_logprobs
 from explorl.rollout.engine import Rollout
 

@@ -161,7 +161,9 @@ def run_hindsight(tok, revised, texts=None, groups=None, logprobs=None,
     herl = Hindsight(HeRLConfig(**knobs), codec, DEFAULT_TEMPLATE, 8, seed=0)
     collect = collector(tok, revised, mode)
     logprobs = logprobs or (lambda rollout: -torch.ones(rollout.completion_ids.shape))
-    trained, metrics = herl.augment(batch, collect, logprobs)
+    plan = herl.plan(batch)
+    revisions = collect(*plan.request) if plan.request else None
+    trained, metrics = herl.merge(batch, plan, revisions, logprobs)
     return batch, trained, metrics, collect.engine.calls
 
 
@@ -181,7 +183,7 @@ def test_failed_group_is_revised_with_hindsight_and_replaced(tok):
     assert m["herl/replaced"] == 1 and m["herl/beat_group"] == 1.0
     assert m["herl/revision_gain"] == pytest.approx(0.5)
     assert trained.rollout.group_ids.tolist() == GROUPS and len(trained) == 5
-    slot = int(torch.nonzero(trained.revision))
+    slot = int(torch.nonzero(trained.rows["revision"]))
     assert GROUPS[slot] == 0 and trained.rewards[slot] == 1.0 and trained.texts[slot] == "71"
     assert trained.rollout.prompt(slot) == call["prompts"][0]  # under the hindsight prompt
     # the completions table names revisions and the hindsight prompt they were written under
@@ -208,18 +210,18 @@ def test_guided_temperature_and_length_take_effect(tok):
     assert calls[0]["max_new_tokens"] == 5
     _, trained, _, calls = run_hindsight(tok, ["71", "71"], temperature=0.3)
     assert calls[0]["temperatures"] == [0.3, 0.3]
-    assert trained.rollout.temperatures[trained.revision].tolist() == pytest.approx([0.3])
-    assert trained.rollout.temperatures[~trained.revision].tolist() == [1.0] * 4
+    assert trained.rollout.temperatures[trained.rows["revision"]].tolist() == pytest.approx([0.3])
+    assert trained.rollout.temperatures[~trained.rows["revision"]].tolist() == [1.0] * 4
 
 
 def test_bonus_alpha_and_replace_top_n(tok):
     *_, m, _ = run_hindsight(tok, ["71", "7"], bonus_alpha=0.5, replace_top_n=2)
     assert m["herl/replaced"] == 1  # only one revision beats the group
     _, trained, m, _ = run_hindsight(tok, ["71", "771"], bonus_alpha=0.5, replace_top_n=2)
-    assert m["herl/replaced"] == 2 and int(trained.revision.sum()) == 2
+    assert m["herl/replaced"] == 2 and int(trained.rows["revision"].sum()) == 2
     _, trained, _, _ = run_hindsight(tok, ["71", "3"], bonus_alpha=0.5, replace_top_n=1)
     expected = {0: 0.5 + 0.5 * 0.5, 1: 0.5 + 0.5 * (0.0 - 0.5)}  # "3" meets nothing
-    for i in (i for i in (0, 1) if not trained.revision[i]):
+    for i in (i for i in (0, 1) if not trained.rows["revision"][i]):
         assert trained.rewards[i] == pytest.approx(expected[i])
 
 
@@ -231,7 +233,7 @@ def test_accept_mode_and_fallback(tok):
     batch, trained, _, _ = run_hindsight(tok, worse, fallback=True)
     changed = [i for i in range(5) if not torch.equal(trained.rollout.completion_ids[i],
                                                       batch.rollout.completion_ids[i])]
-    assert len(changed) == 1 and GROUPS[changed[0]] == 0 and not trained.revision.any()
+    assert len(changed) == 1 and GROUPS[changed[0]] == 0 and not trained.rows["revision"].any()
     assert trained.texts[changed[0]] == "72"  # a copy of the best draft
     *_, m, _ = run_hindsight(tok, ["27", "33"], accept="equal")  # equal to the group's best
     assert m["herl/replaced"] == 1
@@ -252,7 +254,7 @@ def test_original_context_keeps_the_groups_temperature(tok):
                                          group_temperature=0.7, temperature=0.5,
                                          context="original")
     assert calls[0]["temperatures"] == [0.5, 0.5]  # sampled at the revision temperature
-    slot = int(torch.nonzero(trained.revision))
+    slot = int(torch.nonzero(trained.rows["revision"]))
     assert trained.rollout.prompt(slot) == PromptCodec(tok).encode("p0:")
     assert float(trained.rollout.temperatures[slot]) == pytest.approx(0.7)  # trained at x's T
     assert trained.trained_under[slot] is True
@@ -262,7 +264,7 @@ def test_original_context_keeps_the_groups_temperature(tok):
     assert float(sampled.temperatures[0]) == pytest.approx(0.5)
     n = int(trained.rollout.lengths[slot])
     assert trained.behaviour_logps[slot, :n].tolist() == [-100.0, -99.0, -98.0][:n]
-    assert (trained.behaviour_logps[~trained.revision] == 0).all()
+    assert (trained.behaviour_logps[~trained.rows["revision"]] == 0).all()
 
 
 def test_template_and_blank_lists(tok):
@@ -289,7 +291,7 @@ def test_strict_rubric_groups_tie_and_most_criteria_met_go_first(tok):
     # the whole failed group ties at 0; most criteria met first ("72", "47", then "33")
     assert m["herl/drafts"] == 3 and m["herl/failed_groups"] == 0.5
     assert tok.decode(calls[0]["prompts"][2]).count("33") == 1
-    assert int(trained.revision.sum()) == 1
+    assert int(trained.rows["revision"].sum()) == 1
 
 
 def test_gamma_shapes_the_revision_loss(tmp_path):
@@ -303,15 +305,17 @@ def test_gamma_shapes_the_revision_loss(tmp_path):
         rollout = make_rollout(t.tokenizer, [t.prompt_ids[g] for g in GROUPS], SAMPLES, GROUPS)
         revision = torch.tensor([False, True, False, False, False])
         rewards = torch.tensor([0.5, 1.0, 0.0, 1.0, 0.0])
-        trained = TrainBatch(rollout, rewards, SAMPLES, revision)
+        trained = TrainBatch(rollout, rewards, SAMPLES, rows={"policy": ~revision,
+                                                              "revision": revision})
         mask = trained.loss_mask(False)
-        adv = t.algorithm.advantages(trained, mask)
-        out = t.update.step(t.update.prepare(trained, adv, mask), lr=1e-5)
+        estimate = t.algorithm.advantages(trained, mask)
+        out = t.update.step(t.update.prepare(trained, estimate, mask), lr=1e-5)
+        adv = estimate.advantages
         expected = float(-(adv * mask)[revision].sum() / mask.sum()) / (1 + gamma)
-        assert out["loss/off_policy"] == pytest.approx(expected, rel=1e-5)
-        assert out["loss"] == pytest.approx(out["loss/on_policy"] + out["loss/off_policy"],
+        assert out["loss/revision"] == pytest.approx(expected, rel=1e-5)
+        assert out["loss"] == pytest.approx(out["loss/policy"] + out["loss/revision"],
                                             abs=1e-6)
-        losses[gamma] = out["loss/off_policy"]
+        losses[gamma] = out["loss/revision"]
     assert losses[1.0] != pytest.approx(losses[0.1])
 
 
@@ -339,7 +343,7 @@ def test_herl_run_revises_and_updates(tmp_path):
     assert sum(r["herl/replaced"] for r in rows) > 0
     assert all(r["tokens/total"] > 0 for r in rows)
     assert rows[-1]["tokens/total"] == summary["tokens_generated"]
-    assert "loss/off_policy" in rows[-1]
+    assert "loss/revision" in rows[-1]
     table = [json.loads(x) for x in
              (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
     for r in rows:  # one line per trained sample; the revisions are the replaced slots

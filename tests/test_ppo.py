@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from explorl import TrainConfig, Trainer
+from explorl.algorithms.advantages import gae
 from explorl.algorithms.ppo import (
     KLController,
     clipped_value_loss,
-    gae,
     masked_whiten,
     token_rewards,
 )
@@ -126,17 +126,22 @@ def test_ppo_resumes_exactly_with_its_critic(tmp_path):
 
 
 @pytest.mark.parametrize("override,fragment", [
-    ("beta=0.04", "beta: method=ppo puts the KL penalty into the reward"),
-    ("num_iterations=2", "num_iterations: method=ppo passes over a batch ppo.num_ppo_epochs"),
-    ("epsilon=0.1", "epsilon: method=ppo clips the ratio at ppo.cliprange"),
-    ("scale_rewards=batch", "scale_rewards: method=ppo whitens its advantages over the batch"),
-    ("advantage_estimator=rloo", "advantage_estimator: method=ppo takes its baseline from"),
+    ("beta=0.04", "beta: method=ppo: it puts the KL penalty into the reward"),
+    ("num_iterations=2", "num_iterations: method=ppo: it passes over a batch ppo.num_ppo_epochs"),
+    ("epsilon=0.1", "epsilon: method=ppo: it clips at ppo.cliprange"),
+    ("epsilon_high=0.3", "epsilon_high: method=ppo: it clips at ppo.cliprange"),
+    ("scale_rewards=batch", "scale_rewards: method=ppo: it whitens its advantages over the batch"),
+    ("scale_rewards=group", "scale_rewards: method=ppo: it whitens"),
+    ("advantage_estimator=rloo", "advantage_estimator: method=ppo: its baseline comes from"),
+    ("dual_clip=3", "dual_clip: method=ppo: it has no dual clip"),
     ("loss_type=cispo", "loss_type: method=ppo clips the ratio"),
-    ("kl_estimator=k1", "kl_estimator: method=ppo's penalty is in the reward"),
+    ("kl_estimator=k1", "kl_estimator: method=ppo: its penalty is in the reward"),
     ("ppo.target_kl=0", "ppo.target_kl: must be > 0"),
     ("ppo.adaptive_kl=true ppo.kl_coef=0", "ppo.adaptive_kl: needs kl_coef > 0"),
     ("ppo.num_mini_batches=129", "ppo.num_mini_batches: must be <= the rollouts per step (128)"),
-    ("importance_sampling_level=sequence", "importance_sampling_level: method=ppo has per-token"),
+    ("importance_sampling_level=sequence", "importance_sampling_level: method=ppo: its "
+                                           "advantages are per token"),
+    ("method=ppo+herl", "method: herl under ppo is not supported"),
     ("ppo.gamma=1.5", "ppo.gamma: must be in [0, 1]"),
     ("ppo.critic_init=reward_model", "ppo.critic_init: reward_model needs a reward model in"),
 ])

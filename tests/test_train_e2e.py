@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from explorl import TrainConfig, Trainer
-from explorl.config import E3Config, HeRLConfig
+from explorl.config import E3Config, EntropyConfig, HeRLConfig
 from tests.helpers.rewards import starts_with_one
 
 FAST = dict(eval_size=40, progress=False, plots=False, task_train_size=400)
@@ -31,7 +31,8 @@ def test_grpo_learns_a_trivial_reward_and_changes_parameters(tmp_path):
     dict(loss_type="dr_grpo", advantage_estimator="dr_grpo", scale_rewards="none"),
     dict(advantage_estimator="rloo", scale_rewards="batch", num_iterations=2, dual_clip=3.0,
          epsilon_high=0.28, micro_batch_size=48),
-    dict(beta=0.05, kl_estimator="k1", entropy_coef=0.01, mask_truncated_completions=True),
+    dict(beta=0.05, kl_estimator="k1", entropy=EntropyConfig(coef=0.01),
+         mask_truncated_completions=True),
 ])
 def test_variants_run_and_report_metrics(tmp_path, overrides):
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=2, prompts_per_step=4,
@@ -84,7 +85,8 @@ def test_per_prompt_counts_and_temperatures(tmp_path):
     {},
     # HeRL's slot choice and E3's difficulty statistics and temperature must survive too
     dict(method="herl+e3", herl=HeRLConfig(accept="equal"),
-         e3=E3Config(budget_min=2, budget_max=6, entropy_target_steps=1)),
+         e3=E3Config(budget_min=2, budget_max=6),
+         entropy=EntropyConfig(target_steps=1)),
 ])
 def test_resume_continues_exactly(tmp_path, extra):
     def cfg(name, steps):

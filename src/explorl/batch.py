@@ -1,20 +1,148 @@
 """The plain data one training step hands along, in the order it flows.
 
-``ScoredBatch``: samples with their rewards, what collecting returns (whole on every process).
+``Rollout``: sampled token ids, grouped by prompt. ``Rewards``: what scoring them gave.
+``ScoredBatch``: the two together, what collecting returns (whole on every process).
 ``TrainBatch``: what the algorithm trains on, the scored batch after HeRL's changes if any.
-``UpdateBatch``: this process's rows of it, with what the loss needs for them.
+``Advantages``: what an algorithm's advantage estimate hands the update, row by row.
+``UpdateBatch``: this process's rows of a train batch, with what the loss terms need for them.
 ``OfflineBatch``: scored samples from a fixed data set, for the offline methods.
+
+Dataclasses of tensors and lists, and nothing else: this module imports nothing of explorl, so
+every other module can build on it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
-from explorl.algorithms.losses import Normalizer
-from explorl.rewards.base import Rewards
-from explorl.rollout.engine import Rollout
+
+@dataclass
+class Rollout:
+    """Samples of one step, one row each, grouped by the prompt they answer.
+
+    ``prompt_ids`` are left-padded, ``completion_ids`` right-padded; ``completion_mask`` covers
+    the tokens up to and including the first EOS. ``group_ids[i]`` is the index of row i's
+    prompt in the request.
+    """
+
+    prompt_ids: torch.Tensor  # [N, Lp] long
+    prompt_mask: torch.Tensor  # [N, Lp] long
+    completion_ids: torch.Tensor  # [N, Lc] long
+    completion_mask: torch.Tensor  # [N, Lc] long
+    temperatures: torch.Tensor  # [N] float
+    group_ids: torch.Tensor  # [N] long
+    truncated: torch.Tensor  # [N] bool: no EOS within max_new_tokens
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+    def completions(self) -> list[list[int]]:
+        """Each row's completion token ids, without padding."""
+        return [row[: int(n)] for row, n in zip(self.completion_ids.tolist(),
+                                                self.lengths.tolist())]
+
+    def prompt(self, i: int) -> list[int]:
+        """Row ``i``'s prompt token ids, without padding."""
+        return self.prompt_ids[i][self.prompt_mask[i].bool()].tolist()
+
+    def to(self, device: torch.device | str) -> Rollout:
+        """Every field on ``device``."""
+        return Rollout(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+    def trimmed(self) -> Rollout:
+        """The same rows without the columns that are padding in every row (left of the
+        prompts, right of the completions)."""
+        if not len(self):
+            return self
+        prompt_width = int(self.prompt_mask.sum(-1).max())
+        completion_width = int(self.lengths.max())
+        start = self.prompt_ids.shape[1] - prompt_width
+        return replace(self, prompt_ids=self.prompt_ids[:, start:],
+                       prompt_mask=self.prompt_mask[:, start:],
+                       completion_ids=self.completion_ids[:, :completion_width],
+                       completion_mask=self.completion_mask[:, :completion_width])
+
+    def select(self, rows) -> Rollout:
+        """The rows ``rows`` (a slice, indices or a bool mask), every field alike."""
+        return Rollout(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    @classmethod
+    def empty(cls) -> Rollout:
+        ids = torch.zeros(0, 0, dtype=torch.long)
+        return cls(ids, ids, ids, ids, torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                   torch.zeros(0, dtype=torch.bool))
+
+    @classmethod
+    def concat(cls, parts: list[Rollout], pad_id: int) -> Rollout:
+        """Rows of ``parts`` in order (prompts re-left-padded, completions right-padded to the
+        widest); group ids are kept as they are."""
+        parts = [p for p in parts if len(p)] or parts[:1]
+        width_p = max(p.prompt_ids.shape[1] for p in parts)
+        width_c = max(p.completion_ids.shape[1] for p in parts)
+
+        def left(t, fill):
+            return torch.nn.functional.pad(t, (width_p - t.shape[1], 0), value=fill)
+
+        def right(t, fill):
+            return torch.nn.functional.pad(t, (0, width_c - t.shape[1]), value=fill)
+
+        return cls(torch.cat([left(p.prompt_ids, pad_id) for p in parts]),
+                   torch.cat([left(p.prompt_mask, 0) for p in parts]),
+                   torch.cat([right(p.completion_ids, pad_id) for p in parts]),
+                   torch.cat([right(p.completion_mask, 0) for p in parts]),
+                   torch.cat([p.temperatures for p in parts]),
+                   torch.cat([p.group_ids for p in parts]),
+                   torch.cat([p.truncated for p in parts]))
+
+
+@dataclass
+class Rewards:
+    """Scored samples: the weighted total, each function's values, failures and grades."""
+
+    total: torch.Tensor  # [N] weighted sum; NaN where the reward is unknown (masked)
+    per_func: dict[str, torch.Tensor]  # name -> [N], NaN where None or failed
+    masked: int  # samples whose reward is unknown (a function failed, or none applied)
+    errors: list[str]  # one line per failure, for the log
+    grades: list | None = None  # per-criterion grades of the first graded reward, if any
+    failed: int = 0  # samples where a function raised or gave a non-finite/unusable value
+
+    def to(self, device: torch.device | str) -> Rewards:
+        """The tensors on ``device``; counts, errors and grades as they are."""
+        return replace(self, total=self.total.to(device),
+                       per_func={k: v.to(device) for k, v in self.per_func.items()})
+
+    def select(self, rows: list[int]) -> Rewards:
+        """The samples ``rows``; ``masked`` counted over them, errors and failures left out."""
+        index = torch.tensor(rows, device=self.total.device, dtype=torch.long)
+        grades = None if self.grades is None else [self.grades[i] for i in rows]
+        return Rewards(self.total[index], {k: v[index] for k, v in self.per_func.items()},
+                       int(self.total[index].isnan().sum()), [], grades, 0)
+
+    @classmethod
+    def concat(cls, parts: list[Rewards]) -> Rewards:
+        """Rows of ``parts`` in order (one batch scored in pieces)."""
+        grades = None if any(p.grades is None for p in parts) else [
+            g for p in parts for g in p.grades]
+        return cls(torch.cat([p.total for p in parts]),
+                   {k: torch.cat([p.per_func[k] for p in parts]) for k in parts[0].per_func},
+                   sum(p.masked for p in parts), [e for p in parts for e in p.errors], grades,
+                   sum(p.failed for p in parts))
+
+
+@dataclass
+class Normalizer:
+    """Whole-batch counts, so each micro-batch's (and each process's) loss is its share of the
+    whole batch's loss."""
+
+    num_sequences: int  # rows of the batch, masked ones included (TRL's convention)
+    num_tokens: int  # trained tokens in the batch
+    max_completion_length: int
 
 
 @dataclass
@@ -43,29 +171,23 @@ class ScoredBatch:
 
 
 @dataclass
-class OfflineBatch:
-    """Scored samples from a fixed data set (offline methods): prompts left-padded,
-    completions (EOS included) right-padded."""
-
-    prompt_ids: torch.Tensor  # [N, Lp] long
-    prompt_mask: torch.Tensor  # [N, Lp] long
-    completion_ids: torch.Tensor  # [N, T] long
-    completion_mask: torch.Tensor  # [N, T] long
-    rewards: torch.Tensor  # [N] float
-
-
-@dataclass
 class TrainBatch:
-    """The samples an algorithm trains on, row by row."""
+    """The samples an algorithm trains on, row by row.
+
+    ``rows`` names sets of rows that a loss term is restricted to (HeRL's ``revision`` rows get
+    the revision term, the others the policy gradient); a term whose name is not a key covers
+    every row. ``behaviour_logps`` are the log-probs of the policy that wrote a row, where it is
+    not the policy that samples under the row's prompt (a revision written under a hindsight
+    prompt and trained under the original one); None where no row needs them.
+    """
 
     rollout: Rollout
     rewards: torch.Tensor  # [N], NaN = unknown (masked)
     texts: list[str]
-    revision: torch.Tensor | None = None  # [N] bool: HeRL rows holding a revision
-    behaviour_logps: torch.Tensor | None = None  # [N, L]: of the policy that wrote a revision
-    trained_under: list | None = None  # per row: False, or the prompt a revision is trained under
-    old_logps: torch.Tensor | None = None  # [N, L] of the sampling policy, when an algorithm
-    # computed them for its advantages (PPO)
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N] bool
+    behaviour_logps: torch.Tensor | None = None  # [N, L]
+    trained_under: list | None = None  # per row, for the completions log: False, or the
+    # prompt a revision is trained under (True: the original one)
 
     @classmethod
     def of(cls, batch: ScoredBatch) -> TrainBatch:
@@ -85,32 +207,83 @@ class TrainBatch:
 
 
 @dataclass
+class Advantages:
+    """An algorithm's estimate for every row of a train batch: what the update needs of it."""
+
+    advantages: torch.Tensor  # [N, L]
+    old_logps: torch.Tensor | None = None  # [N, L] of the sampling policy, when the estimate
+    # needed them (PPO); the update takes them itself otherwise
+    values: torch.Tensor | None = None  # [N, L] a critic's values at sampling time
+    returns: torch.Tensor | None = None  # [N, L] the critic's regression targets
+    metrics: dict = field(default_factory=dict)  # what the estimate measured, for the log
+
+
+@dataclass
 class UpdateBatch:
-    """This process's rows of a :class:`TrainBatch`, ready for the loss."""
+    """This process's rows of a :class:`TrainBatch`, with everything the loss terms read.
+
+    :meth:`select` takes a mini-batch (its own counts: one optimizer step each); :meth:`chunk`
+    a micro-batch (the parent's counts: gradients of the chunks add up to the parent's)."""
 
     rollout: Rollout
     advantages: torch.Tensor  # [n, L]
     loss_mask: torch.Tensor  # [n, L]
-    old_logps: torch.Tensor | None  # [n, L]; None when the ratio is exactly 1
-    ref_logps: torch.Tensor | None  # [n, L]; None without a KL term
-    revision: torch.Tensor | None  # [n] bool: off-policy rows (HeRL revisions)
-    behaviour_logps: torch.Tensor | None  # [n, L]: the denominator of a revision's ratio
-    norm: Normalizer  # counts of the whole batch, over every process
+    norm: Normalizer  # counts of the whole batch (over every process) or of a mini-batch
     generated_tokens: int  # completion tokens of the whole batch (entropy is their mean)
+    old_logps: torch.Tensor | None = None  # [n, L]; None when the ratio is exactly 1
+    ref_logps: torch.Tensor | None = None  # [n, L]; None without a KL term
+    behaviour_logps: torch.Tensor | None = None  # [n, L]: the policy that wrote a row
+    values: torch.Tensor | None = None  # [n, L] a critic's, at sampling time
+    returns: torch.Tensor | None = None  # [n, L]
+    rows: dict[str, torch.Tensor] = field(default_factory=dict)  # term name -> [n] bool
     policy_mask: torch.Tensor | None = None  # [n, L]: tokens that carry the policy loss
     # (top_entropy_quantile < 1); None: every token of loss_mask
 
     def __len__(self) -> int:
         return len(self.rollout)
 
+    def _rows(self, rows, width: int | None = None) -> dict:
+        """Every per-row field cut to ``rows`` (and per-token ones to ``width`` columns)."""
+        def cut(t):
+            if t is None:
+                return None
+            t = t[rows]
+            return t if width is None or t.dim() < 2 else t[:, :width]
+
+        out = {f.name: cut(getattr(self, f.name)) for f in fields(self)
+               if f.name not in ("rollout", "norm", "generated_tokens", "rows")}
+        return {**out, "rows": {k: v[rows] for k, v in self.rows.items()}}
+
     def select(self, rows) -> UpdateBatch:
         """The rows ``rows`` as a batch of their own: a mini-batch, with its own counts."""
-        def own(t):
-            return None if t is None else t[rows]
-
-        mask = self.loss_mask[rows]
-        norm = Normalizer(int(mask.shape[0]), int(mask.sum()), self.norm.max_completion_length)
+        parts = self._rows(rows)
         rollout = self.rollout.select(rows)
-        return UpdateBatch(rollout, self.advantages[rows], mask, own(self.old_logps),
-                           own(self.ref_logps), own(self.revision), own(self.behaviour_logps),
-                           norm, int(rollout.completion_mask.sum()), own(self.policy_mask))
+        norm = Normalizer(int(parts["loss_mask"].shape[0]), int(parts["loss_mask"].sum()),
+                          self.norm.max_completion_length)
+        return UpdateBatch(rollout=rollout, norm=norm,
+                           generated_tokens=int(rollout.completion_mask.sum()), **parts)
+
+    def chunk(self, rows: list[int]) -> UpdateBatch:
+        """A micro-batch of ``rows``, cut to its own longest prompt and completion; its losses
+        are shares of this batch's (same counts)."""
+        rollout = self.rollout.select(rows).trimmed()
+        parts = self._rows(rows, rollout.completion_ids.shape[1])
+        return UpdateBatch(rollout=rollout, norm=self.norm,
+                           generated_tokens=self.generated_tokens, **parts)
+
+    def rows_of(self, name: str) -> torch.Tensor | None:
+        """The rows a term named ``name`` covers, ``[n, 1]`` bool; None: every row."""
+        rows = self.rows.get(name)
+        return None if rows is None else rows.unsqueeze(-1)
+
+
+@dataclass
+class OfflineBatch:
+    """Scored samples from a fixed data set (offline methods): prompts left-padded,
+    completions (EOS included) right-padded."""
+
+    prompt_ids: torch.Tensor  # [N, Lp] long
+    prompt_mask: torch.Tensor  # [N, Lp] long
+    completion_ids: torch.Tensor  # [N, T] long
+    completion_mask: torch.Tensor  # [N, T] long
+    rewards: torch.Tensor  # [N] float

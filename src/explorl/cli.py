@@ -244,6 +244,14 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="explorl", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _config_commands(sub)
+    _model_commands(sub)
+    _data_commands(sub)
+    return p
+
+
+def _config_commands(sub) -> None:
+    """The commands configured by a YAML file and key=value overrides: train, sft, rm."""
     from explorl.config import RMConfig, TrainConfig
     from explorl.config_files import help_text
 
@@ -258,9 +266,24 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sft", help="supervised warm start that builds the shipped tiny model")
     s.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
     s.set_defaults(fn=cmd_sft)
+    r = sub.add_parser("rm", help="a Bradley-Terry reward model from preference pairs",
+                       epilog=help_text(RMConfig),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
+    r.set_defaults(fn=cmd_rm)
+
+
+def _model_argument(parser, what: str) -> None:
+    parser.add_argument("model", help=f"'tiny', 'smollm2-135m-instruct' (or 'smollm2'), {what}")
+    parser.add_argument("--ilql-beta", type=float, default=None, help="decode a method=ilql "
+                        "model with logits + BETA (Q - V) (default: its saved beta; 0: its "
+                        "behaviour-cloned model)")
+
+
+def _model_commands(sub) -> None:
+    """The commands that decode a model: eval, sample, improve."""
     e = sub.add_parser("eval", help="greedy accuracy and pass@k of a model or run directory")
-    e.add_argument("model", help="'tiny', 'smollm2-135m-instruct' (or 'smollm2'), a saved "
-                   "model folder, or a run directory")
+    _model_argument(e, "a saved model folder, or a run directory")
     e.add_argument("--dataset", default="arithmetic", help="built-in task or data file")
     e.add_argument("--reward", default=None, help="reward function(s), comma-separated")
     e.add_argument("--pass-k", default="1,4", help="k values for pass@k (default 1,4)")
@@ -268,17 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--size", type=int, default=1000, help="held-out prompts (default 1000)")
     e.add_argument("--max-new-tokens", type=int, default=16)
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    e.add_argument("--ilql-beta", type=float, default=None, help="decode a method=ilql "
-                    "model with logits + BETA (Q - V) (default: its saved beta; 0: its "
-                    "behaviour-cloned model)")
     e.set_defaults(fn=cmd_eval)
-    r = sub.add_parser("rm", help="a Bradley-Terry reward model from preference pairs",
-                       epilog=help_text(RMConfig),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value]")
-    r.set_defaults(fn=cmd_rm)
     sm = sub.add_parser("sample", help="N completions per prompt with their rewards (JSONL)")
-    sm.add_argument("model", help="'tiny', 'smollm2', a saved model folder or a run directory")
+    _model_argument(sm, "a saved model folder or a run directory")
     sm.add_argument("--n", type=int, default=8, help="completions per prompt (default 8)")
     sm.add_argument("--out", required=True, help="output JSONL file")
     sm.add_argument("--dataset", default="arithmetic", help="built-in task or a data file "
@@ -290,21 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--temperature", type=float, default=1.0)
     sm.add_argument("--max-new-tokens", type=int, default=16)
     sm.add_argument("--seed", type=int, default=0)
-    sm.add_argument("--ilql-beta", type=float, default=None, help="decode a method=ilql "
-                    "model with logits + BETA (Q - V) (default: its saved beta; 0: its "
-                    "behaviour-cloned model)")
     sm.set_defaults(fn=cmd_sample)
-    pr = sub.add_parser("pairs", help="preference pairs from sampled completions")
-    pr.add_argument("samples", help="explorl sample's JSONL")
-    pr.add_argument("--out", required=True, help="output JSONL of prompt/chosen/rejected")
-    pr.add_argument("--threshold", type=float, default=1.0,
-                    help="chosen: reward at least this; rejected: below (default 1.0)")
-    pr.add_argument("--per-prompt", type=int, default=4, help="pairs per prompt at most")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.set_defaults(fn=cmd_pairs)
     i = sub.add_parser("improve", help="test-time self-improvement: answer, grade, revise")
-    i.add_argument("model", help="'tiny', 'smollm2-135m-instruct' (or 'smollm2'), a saved "
-                   "model folder, or a run directory")
+    _model_argument(i, "a saved model folder, or a run directory")
     i.add_argument("--rounds", type=int, default=3, help="revision rounds (default 3)")
     i.add_argument("--dataset", default="rubric", help="built-in rubric task or a data file "
                    "with a 'rubric' column (default rubric)")
@@ -319,10 +322,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--judge-api-key-env", dest="judge.api_key_env", default=None)
     i.add_argument("--show", type=int, default=0, help="print this many final answers")
     i.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    i.add_argument("--ilql-beta", type=float, default=None, help="decode a method=ilql "
-                    "model with logits + BETA (Q - V) (default: its saved beta; 0: its "
-                    "behaviour-cloned model)")
     i.set_defaults(fn=cmd_improve)
+
+
+def _data_commands(sub) -> None:
+    """The commands over files and runs: pairs, compare."""
+    pr = sub.add_parser("pairs", help="preference pairs from sampled completions")
+    pr.add_argument("samples", help="explorl sample's JSONL")
+    pr.add_argument("--out", required=True, help="output JSONL of prompt/chosen/rejected")
+    pr.add_argument("--threshold", type=float, default=1.0,
+                    help="chosen: reward at least this; rejected: below (default 1.0)")
+    pr.add_argument("--per-prompt", type=int, default=4, help="pairs per prompt at most")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.set_defaults(fn=cmd_pairs)
     c = sub.add_parser("compare", help="several configurations x seeds: one table, plots")
     c.add_argument("specs", nargs="+", metavar="SPEC",
                    help="a preset (grpo, dr_grpo, rloo, dapo, bnpo...) or label:key=v,key=v")
@@ -332,7 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--config", default=None, help="base YAML config for every configuration")
     c.add_argument("--output", default="runs/compare", help="output folder")
     c.set_defaults(fn=cmd_compare)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from explorl.errors import UserError
 PRESETS: dict[str, list[str]] = {
     "grpo": ["loss_type=grpo", "advantage_estimator=grpo", "scale_rewards=group"],
     "dapo": ["loss_type=dapo", "epsilon_high=0.28"],
-    "dr_grpo": ["loss_type=dr_grpo", "advantage_estimator=dr_grpo", "scale_rewards=none"],
+    "dr_grpo": ["loss_type=dr_grpo", "advantage_estimator=dr_grpo"],
     "rloo": ["advantage_estimator=rloo"],
     "gspo": ["importance_sampling_level=sequence", "loss_type=grpo", "epsilon=3e-4",
              "epsilon_high=4e-4"],
@@ -40,9 +40,9 @@ PRESETS: dict[str, list[str]] = {
     "herl_both": ["method=herl", "herl.context=both"],
     "herl_on_policy": ["method=herl", "herl.baseline=on_policy"],
     "clip_higher": ["epsilon_high=0.28"],
-    "dynamic_sampling": ["dynamic_sampling=true"],
-    "top_entropy": ["top_entropy_quantile=0.2"],
-    "adaptive_entropy": ["use_adaptive_entropy=true"],
+    "dynamic_sampling": ["method=dynamic_sampling"],
+    "top_entropy": ["entropy.top_quantile=0.2"],
+    "adaptive_entropy": ["entropy.adaptive=true"],
 }
 
 

@@ -24,7 +24,7 @@ from explorl.algorithms import ALGORITHMS
 from explorl.config_files import Lines, build, check_types, parse_override, read_yaml, to_dict
 from explorl.errors import UserError
 
-EXPLORATION = ("herl", "e3")
+EXPLORATION = ("herl", "e3", "dynamic_sampling")
 """Methods that run on top of an algorithm, named in ``method`` after it (``grpo+herl``)."""
 
 Need = Callable[[bool, str, str], None]  # need(ok, key, message) raises when not ok
@@ -104,7 +104,8 @@ class E3Config:
 
     Budgets give harder prompts more samples at the same total per step
     (:mod:`explorl.exploration.budget`); the temperature rises as entropy falls
-    (:mod:`explorl.exploration.temperature`). Either part can be turned off.
+    (:mod:`explorl.exploration.temperature`) below ``entropy.target``. Either part can be
+    turned off.
     """
 
     budget: bool = True
@@ -123,9 +124,6 @@ class E3Config:
     """Pseudo-samples of the Beta prior (centred on the run's pass rate) in ``mixed``."""
     adaptive_temperature: bool = True
     """Raise the sampling temperature as entropy falls; ``temperature`` is where it starts."""
-    entropy_target: float | None = None
-    """Default: the mean entropy of the first ``entropy_target_steps`` steps."""
-    entropy_target_steps: int = 10
     entropy_ema: float = 0.9
     """Smoothing of the measured entropy (0: none): one batch's entropy is noisy."""
     temperature_min: float = 0.5
@@ -152,12 +150,60 @@ class E3Config:
                  "temperature_min", f"the starting temperature {cfg.temperature} must lie in "
                  f"[temperature_min, temperature_max] = [{self.temperature_min}, "
                  f"{self.temperature_max}]")
-            need(self.entropy_target is None or self.entropy_target > 0, "entropy_target",
-                 "must be > 0")
-            need(self.entropy_target_steps >= 1, "entropy_target_steps", "must be >= 1")
             need(0 <= self.entropy_ema < 1, "entropy_ema", "must be in [0, 1)")
             need(0 <= self.anneal_fraction < 1, "anneal_fraction", "must be in [0, 1)")
             need(0 < self.anneal_ratio <= 1, "anneal_ratio", "must be in (0, 1]")
+
+
+@dataclass
+class EntropyConfig:
+    """The policy's entropy: a bonus in the loss, the target the adaptive controls hold, and
+    the share of tokens that carry the policy loss."""
+
+    coef: float = 0.0
+    """Weight of an entropy bonus ``-coef * H`` in the loss; with ``adaptive`` where it starts."""
+    adaptive: bool = False
+    """Adapt ``coef`` after every step to hold the entropy at ``target``: up by ``coef_step``
+    when the step's entropy is below it, down when above, within ``[0, coef_max]``
+    (Skywork-OR1's adaptive entropy control, He et al. 2025). E3's temperature holds the
+    entropy without changing the loss; this changes the loss."""
+    coef_step: float = 0.005
+    coef_max: float = 0.1
+    target: float | None = None
+    """Token-mean entropy (at the sampling temperature) that the adaptive bonus or E3's
+    temperature holds. Default: the mean of the first ``target_steps`` steps."""
+    target_steps: int = 10
+    top_quantile: float = 1.0
+    """Share of completion tokens, those of highest entropy under the sampling policy, that
+    carry the policy loss (TRL's ``top_entropy_quantile``; Wang et al. 2025, "Beyond the 80/20
+    rule", train on 0.2). The threshold is the batch's ``1 - top_quantile`` quantile; the KL
+    and entropy terms keep every token. 1.0: all tokens."""
+
+    def check(self, need: Need, cfg: TrainConfig) -> None:
+        need(0 < self.top_quantile <= 1, "top_quantile",
+             f"must be in (0, 1], got {self.top_quantile}")
+        need(self.coef >= 0, "coef", f"must be >= 0, got {self.coef}")
+        need(self.target is None or self.target > 0, "target", "must be > 0 (or none)")
+        need(self.target_steps >= 1, "target_steps", "must be >= 1")
+        need(self.coef_step >= 0, "coef_step", "must be >= 0")
+        need(not self.adaptive or self.coef <= self.coef_max, "coef", f"the adaptive bonus "
+             f"starts at coef ({self.coef}), which must be <= coef_max ({self.coef_max})")
+        need(not (self.adaptive and cfg.uses("e3") and cfg.e3.adaptive_temperature),
+             "adaptive", "E3's adaptive temperature holds the entropy too; set "
+             "e3.adaptive_temperature=false or use one of them")
+
+
+@dataclass
+class DynamicSamplingConfig:
+    """DAPO's dynamic sampling (Yu et al. 2025); on with ``method=dynamic_sampling``: groups
+    whose rewards are all equal are dropped and the step is refilled with new prompts' groups
+    (:mod:`explorl.exploration.dynamic_sampling`); their tokens count."""
+
+    max_rounds: int = 3
+    """Refills a step may make before it trains on the informative groups it has."""
+
+    def check(self, need: Need, cfg: TrainConfig) -> None:
+        need(self.max_rounds >= 0, "max_rounds", "must be >= 0")
 
 
 @dataclass
@@ -283,6 +329,12 @@ class JudgeConfig:
         need(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
 
 
+def _group_relative(why: str) -> dict:
+    """Field metadata: only the group-relative algorithm (GRPO and its variants) reads it; the
+    others refuse a value other than the default, saying why."""
+    return {"only": ("grpo",), "why": why}
+
+
 @dataclass
 class TrainConfig:
     # --- what to train -------------------------------------------------------------------------
@@ -350,53 +402,41 @@ class TrainConfig:
     """``auto``: conversational prompts always, plain prompts when the tokenizer has a template."""
 
     # --- advantages and loss -------------------------------------------------------------------
-    advantage_estimator: Literal["grpo", "rloo", "dr_grpo"] = "grpo"
+    advantage_estimator: Literal["grpo", "rloo", "dr_grpo"] = field(
+        default="grpo", metadata=_group_relative("its baseline comes from the critic"))
     """Baseline: group mean (``grpo``), leave-one-out mean (``rloo``), or group mean without any
     std scaling (``dr_grpo``, Liu et al. 2025)."""
-    scale_rewards: Literal["group", "batch", "none"] = "group"
+    scale_rewards: Literal["auto", "group", "batch", "none"] = field(
+        default="auto", metadata=_group_relative("it whitens its advantages over the batch"))
+    """The std dividing group-relative advantages: the group's (``group``), the batch's
+    (``batch``) or none (``none``). ``auto``: ``group`` (TRL's default), and ``none`` under
+    ``advantage_estimator=dr_grpo``, which takes no other."""
     loss_type: Literal["grpo", "dapo", "dr_grpo", "cispo"] = "dapo"
     """``grpo``: mean over each sequence's tokens, then over sequences; ``dapo``: mean over all
     tokens of the batch (Yu et al. 2025); ``dr_grpo``: sum over tokens / (sequences x
     max_completion_length); ``cispo``: CISPO's loss (MiniMax-M1, 2025), ``-sg(min(rho,
     epsilon_high)) A log pi``, a mean over all tokens. Sequences are every row of the batch,
     masked ones included, as in TRL."""
-    importance_sampling_level: Literal["token", "sequence"] = "token"
+    importance_sampling_level: Literal["token", "sequence"] = field(
+        default="token", metadata=_group_relative("its advantages are per token, so is the "
+                                                  "ratio"))
     """``sequence``: GSPO (Zheng et al. 2025), one ratio per completion, the geometric mean of
     its tokens' ratios, clipped as a whole (the paper uses epsilon 3e-4, epsilon_high 4e-4)."""
-    epsilon: float = 0.2
-    epsilon_high: float | None = None
+    epsilon: float = field(default=0.2, metadata=_group_relative("it clips at ppo.cliprange"))
+    epsilon_high: float | None = field(default=None, metadata=_group_relative(
+        "it clips at ppo.cliprange"))
     """Upper clip bound (DAPO's clip-higher). Default: ``epsilon``. Under ``cispo`` the cap on
     the importance weight itself (not 1 + it); ScaleRL uses 5.0."""
-    dual_clip: float | None = None
+    dual_clip: float | None = field(default=None, metadata=_group_relative("it has no dual clip"))
     """Dual-clip constant c > 1 bounding the loss of negative-advantage tokens (Ye et al. 2020)."""
-    num_iterations: int = 1
+    num_iterations: int = field(default=1, metadata=_group_relative(
+        "it passes over a batch ppo.num_ppo_epochs times"))
     """Policy updates per batch of rollouts (PPO epochs); > 1 uses stored old log-probs."""
-    beta: float = 0.0
+    beta: float = field(default=0.0, metadata=_group_relative(
+        "it puts the KL penalty into the reward (ppo.kl_coef)"))
     """KL coefficient to the frozen reference model; the reference is loaded only when > 0."""
-    kl_estimator: Literal["k1", "k3"] = "k3"
-    entropy_coef: float = 0.0
-    """Weight of an entropy bonus in the loss; with ``use_adaptive_entropy`` where it starts."""
-    use_adaptive_entropy: bool = False
-    """Adapt ``entropy_coef`` after every step to hold the entropy at ``entropy_target``: up by
-    ``entropy_coef_step`` when the step's entropy is below it, down when above, within
-    ``[0, entropy_coef_max]`` (Skywork-OR1's adaptive entropy control, He et al. 2025). E3's
-    temperature holds entropy without changing the loss; this changes the loss."""
-    entropy_target: float | None = None
-    """Token-mean entropy (at the sampling temperature) the adaptive bonus holds. Default: the
-    mean of the first 10 steps."""
-    entropy_coef_step: float = 0.005
-    entropy_coef_max: float = 0.1
-    top_entropy_quantile: float = 1.0
-    """Share of completion tokens, those of highest entropy under the sampling policy, that carry
-    the policy loss (TRL's name; Wang et al. 2025, "Beyond the 80/20 rule", train on 0.2). The
-    threshold is the batch's ``1 - top_entropy_quantile`` quantile; the KL and entropy terms keep
-    every token. 1.0: all tokens."""
-    dynamic_sampling: bool = False
-    """DAPO's dynamic sampling: drop groups whose rewards are all equal and refill the step with
-    new prompts' groups (:mod:`explorl.exploration.dynamic_sampling`); their tokens count."""
-    dynamic_sampling_max_rounds: int = 3
-    """Refills a step may make before it trains on the informative groups it has."""
-
+    kl_estimator: Literal["k1", "k3"] = field(default="k3", metadata=_group_relative(
+        "its penalty is in the reward: set ppo.kl_estimator"))
     # --- optimisation --------------------------------------------------------------------------
     learning_rate: float = 1e-4
     """Peak learning rate (after ``warmup_steps``). On the embedded default 1e-4 gains 17.5 +-
@@ -467,6 +507,8 @@ class TrainConfig:
     # --- method sections -----------------------------------------------------------------------
     herl: HeRLConfig = field(default_factory=HeRLConfig)
     e3: E3Config = field(default_factory=E3Config)
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     ilql: ILQLConfig = field(default_factory=ILQLConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -524,56 +566,29 @@ class TrainConfig:
         self._check_loss(need)
 
     def _check_exploration(self, need: Need) -> None:
-        """The exploration baselines: their ranges, and combinations that fight each other."""
-        need(0 < self.top_entropy_quantile <= 1, "top_entropy_quantile",
-             f"must be in (0, 1], got {self.top_entropy_quantile}")
-        need(self.dynamic_sampling_max_rounds >= 0, "dynamic_sampling_max_rounds",
-             "must be >= 0")
-        need(self.entropy_coef >= 0, "entropy_coef", f"must be >= 0, got {self.entropy_coef}")
-        need(self.entropy_target is None or self.entropy_target > 0, "entropy_target",
-             "must be > 0 (or none)")
-        need(self.entropy_coef_step >= 0, "entropy_coef_step", "must be >= 0")
-        need(not self.use_adaptive_entropy or self.entropy_coef <= self.entropy_coef_max,
-             "entropy_coef", f"the adaptive bonus starts at entropy_coef ({self.entropy_coef}), "
-             f"which must be <= entropy_coef_max ({self.entropy_coef_max})")
-        if self.dynamic_sampling:
-            need(not self.uses("herl"), "dynamic_sampling", "drops the all-fail groups HeRL "
-                 "revises; use one or the other")
-            need(not (self.uses("e3") and self.e3.budget), "dynamic_sampling", "refills "
-                 "with new prompts, which E3's budgets did not allocate; set e3.budget=false")
-            need(self.algorithm == "grpo", "dynamic_sampling", "filters group-relative "
-                 "advantages: method=grpo")
-        need(not (self.use_adaptive_entropy and self.uses("e3")
-                  and self.e3.adaptive_temperature), "use_adaptive_entropy",
-             "E3's adaptive temperature holds the entropy too; set "
-             "e3.adaptive_temperature=false or use one of them")
+        """Exploration methods that fight each other."""
+        if not self.uses("dynamic_sampling"):
+            return
+        need(not self.uses("herl"), "method", "dynamic_sampling drops the all-fail groups HeRL "
+             "revises; use one or the other")
+        need(not (self.uses("e3") and self.e3.budget), "method", "dynamic_sampling refills "
+             "with new prompts, which E3's budgets did not allocate; set e3.budget=false")
+        need(self.algorithm == "grpo", "method", "dynamic_sampling filters group-relative "
+             "advantages: use it with grpo")
 
     def _check_ppo(self, need: Need) -> None:
-        """What PPO cannot honour, each refused by name."""
-        why = {"beta": (self.beta == 0, "method=ppo puts the KL penalty into the reward "
-                        "(ppo.kl_coef); set beta=0"),
-               "num_iterations": (self.num_iterations == 1, "method=ppo passes over a batch "
-                                  "ppo.num_ppo_epochs times; leave num_iterations at 1"),
-               "epsilon": (self.epsilon == 0.2 and self.epsilon_high is None,
-                           "method=ppo clips the ratio at ppo.cliprange; leave epsilon and "
-                           "epsilon_high unset"),
-               "advantage_estimator": (self.advantage_estimator == "grpo", "method=ppo takes "
-                                       "its baseline from the critic; leave it unset"),
-               "scale_rewards": (self.scale_rewards == "group", "method=ppo whitens its "
-                                 "advantages over the batch; leave it unset"),
-               "loss_type": (self.loss_type != "cispo", "method=ppo clips the ratio "
-                             "(ppo.cliprange); cispo does not apply"),
-               "kl_estimator": (self.kl_estimator == "k3", "method=ppo's penalty is in the "
-                                "reward: set ppo.kl_estimator"),
-               "importance_sampling_level": (self.importance_sampling_level == "token",
-                                             "method=ppo has per-token advantages: the ratio "
-                                             "is per token"),
-               "dual_clip": (self.dual_clip is None, "not used by method=ppo"),
-               "method": (not self.uses("herl"), "herl under ppo is not supported: a revision "
-                          "trained under the original prompt has no critic value for the "
-                          "hindsight prompt's states (use method=herl, i.e. GRPO)")}
-        for key, (ok, message) in why.items():
-            need(ok, key, message)
+        """What PPO cannot honour, each refused by name: the group-relative algorithm's fields
+        (their metadata says why), cispo, and HeRL."""
+        for f in dataclasses.fields(self):
+            only = f.metadata.get("only")
+            if only and self.algorithm not in only and getattr(self, f.name) != f.default:
+                need(False, f.name, f"method={self.algorithm}: {f.metadata['why']}; leave "
+                     f"{f.name} unset")
+        need(self.loss_type != "cispo", "loss_type", "method=ppo clips the ratio "
+             "(ppo.cliprange); cispo does not apply")
+        need(not self.uses("herl"), "method", "herl under ppo is not supported: a revision "
+             "trained under the original prompt has no critic value for the hindsight "
+             "prompt's states (use method=herl, i.e. GRPO)")
 
     @property
     def offline(self) -> bool:
@@ -596,6 +611,10 @@ class TrainConfig:
              "beta=0")
 
     def _check_loss(self, need: Need) -> None:
+        need(self.advantage_estimator != "dr_grpo" or self.scale_rewards in ("auto", "none"),
+             "scale_rewards", f"advantage_estimator=dr_grpo divides by no std, so "
+             f"scale_rewards={self.scale_rewards} would not apply; leave it unset (or use "
+             "advantage_estimator=grpo with it)")
         need(self.epsilon >= 0, "epsilon", f"must be >= 0, got {self.epsilon}")
         need(self.epsilon_high is None or self.epsilon_high >= 0, "epsilon_high", "must be >= 0")
         need(self.dual_clip is None or self.dual_clip > 1, "dual_clip",
@@ -672,12 +691,18 @@ RENAMED = {
     **{f"judge_{f.name}": f"judge.{f.name}" for f in dataclasses.fields(JudgeConfig)},
     **{name: f"e3.{name}" for name in ("budget_rule", "budget_min", "budget_max",
                                        "budget_delta", "budget_rerank",
-                                       "budget_prior_strength",
-                                       "entropy_target_steps", "entropy_ema",
+                                       "budget_prior_strength", "entropy_ema",
                                        "temperature_min", "temperature_max")},
-    "budget": "method=e3, with e3.budget", "temperature_control": "method=e3, with "
-    "e3.adaptive_temperature", "temperature_anneal_fraction": "e3.anneal_fraction",
+    "entropy_target_steps": "entropy.target_steps", "budget": "method=e3, with e3.budget",
+    "temperature_control": "method=e3, with e3.adaptive_temperature",
+    "temperature_anneal_fraction": "e3.anneal_fraction",
     "temperature_anneal_ratio": "e3.anneal_ratio", "judge_concurrency": "judge.concurrency",
+    "entropy_coef": "entropy.coef", "use_adaptive_entropy": "entropy.adaptive",
+    "entropy_target": "entropy.target", "entropy_coef_step": "entropy.coef_step",
+    "entropy_coef_max": "entropy.coef_max", "top_entropy_quantile": "entropy.top_quantile",
+    "dynamic_sampling": "method=dynamic_sampling, with dynamic_sampling.max_rounds",
+    "dynamic_sampling_max_rounds": "dynamic_sampling.max_rounds",
+    "e3.entropy_target": "entropy.target", "e3.entropy_target_steps": "entropy.target_steps",
 }
 """Keys of earlier versions, named in the error that refuses them."""
 

@@ -176,7 +176,7 @@ def sections(cls: type) -> dict[str, type]:
             if dataclasses.is_dataclass(hints[f.name])}
 
 
-def _flatten(raw: dict, cls: type, lines: Lines) -> dict[str, Any]:
+def _flatten(raw: dict, cls: type, lines: Lines, renamed: dict[str, str]) -> dict[str, Any]:
     """``{herl: {gamma: 2}}`` and ``{"herl.gamma": 2}`` alike -> ``{"herl.gamma": 2}``."""
     flat: dict[str, Any] = {}
     for key, value in raw.items():
@@ -185,6 +185,8 @@ def _flatten(raw: dict, cls: type, lines: Lines) -> dict[str, Any]:
             if value is None:
                 continue
             if not isinstance(value, dict):
+                if key in renamed:  # a flat key of an earlier version, now a section's name
+                    raise _unknown(key, set(), lines, renamed)
                 raise UserError(f"{lines(key)}: {key}: expected a mapping of its keys, "
                                 f"got {value!r}")
             flat.update({f"{key}.{k}": v for k, v in value.items()})
@@ -211,7 +213,7 @@ def build(cls: type, raw: dict[str, Any], lines: Lines,
     known = set(hints) - set(parts)
     values: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {name: {} for name in parts}
-    for key, value in _flatten(raw, cls, lines).items():
+    for key, value in _flatten(raw, cls, lines, renamed or {}).items():
         if key not in known:
             raise _unknown(key, known, lines, renamed or {})
         typed = coerce(value, hints[key], key, lines(key))

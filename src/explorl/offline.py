@@ -12,8 +12,6 @@ decoded greedily before and after, the way the algorithm decodes (ILQL's value s
 from __future__ import annotations
 
 import os
-import shutil
-import time
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -22,27 +20,27 @@ import torch
 
 from explorl.algorithms import build_algorithm
 from explorl.batch import OfflineBatch
-from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
 from explorl.config import TrainConfig, save_config, validate
 from explorl.data.preferences import load_scored
 from explorl.data.prompts import PromptCodec
 from explorl.data.tasks import PromptSampler, load_task
 from explorl.devices import resolve_device
-from explorl.errors import Interrupted, TrainingStopped, UserError
+from explorl.distributed import Parallel
+from explorl.errors import TrainingStopped, UserError
 from explorl.evaluation import evaluate
 from explorl.interrupts import Interrupts
 from explorl.models import lora
 from explorl.models.policy import build_policy, load_tokenizer, precision
-from explorl.output_lock import OutputLock
+from explorl.optim import adamw, set_seed
 from explorl.rewards.base import resolve
 from explorl.rewards.judge import build_judge
 from explorl.rewards.rubric import RubricReward
-from explorl.rollout.engine import build_engine, left_pad
-from explorl.tracking import MetricsLog, Progress, plot_run, truncate_metrics
-from explorl.trainer import adamw, set_seed
+from explorl.rollout import build_engine
+from explorl.rollout.engine import left_pad
+from explorl.run import RunLoop, RunSettings, linear_warmup
 
 
-class OfflineTrainer:
+class OfflineTrainer(RunLoop):
     """Trains ``cfg.method`` (``ilql`` or ``filtered_bc``) on ``cfg.dataset``'s scored samples.
     Bad input (config, rows, lengths, model) fails in the constructor, before anything is
     written."""
@@ -70,9 +68,11 @@ class OfflineTrainer:
         self.sampler = PromptSampler(len(self.samples), min(cfg.train_batch_size,
                                                             len(self.samples)), cfg.seed)
         self.engine = build_engine(cfg, self.model, self.tokenizer)
-        self.out = Path(cfg.output_dir)
-        self.step_done, self.before, self.nonfinite_run = 0, None, 0
-        self.saved_step, self.interrupts = None, Interrupts()
+        self.settings = RunSettings(cfg.output_dir, cfg.max_steps, cfg.eval_every,
+                                    cfg.save_every, cfg.save_total_limit, cfg.resume,
+                                    cfg.progress, cfg.plots, desc=cfg.method)
+        self.out, self.dist, self.interrupts = Path(cfg.output_dir), Parallel(), Interrupts()
+        self.nonfinite_run = 0
 
     # --- set-up ------------------------------------------------------------------------------
     def _encode(self, rows: list[dict]) -> list[tuple[list[int], list[int], float]]:
@@ -111,10 +111,6 @@ class OfflineTrainer:
             return rows, ("rubric", RubricReward(cfg.rubric_reward, build_judge(cfg.judge, rows)))
         return rows, resolve(spec, self.model.device)
 
-    def lr_at(self, step: int) -> float:
-        warm = self.cfg.warmup_steps
-        return self.cfg.learning_rate * (min(1.0, step / warm) if warm else 1.0)
-
     # --- one step ----------------------------------------------------------------------------
     def batch(self, indices: list[int]) -> OfflineBatch:
         prompts, completions, rewards = zip(*(self.samples[i] for i in indices))
@@ -136,7 +132,7 @@ class OfflineTrainer:
         ``micro_batch_size``, gradients accumulated); returns its metrics."""
         cfg = self.cfg
         indices, epoch = self.sampler.next()
-        lr = self.lr_at(step)
+        lr = linear_warmup(cfg.learning_rate, cfg.warmup_steps, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -167,13 +163,16 @@ class OfflineTrainer:
                 "reward/mean": float(rewards.mean()), "grad_norm": float(grad_norm), "lr": lr,
                 "update_skipped": int(not finite), **weighted(parts)}
 
-    # --- the run -----------------------------------------------------------------------------
-    def evaluate(self, pass_k=(), decode: bool = True) -> dict | None:
-        """Held-out greedy accuracy (and pass@k), decoded as the algorithm decodes (or as the
-        plain model with ``decode=False``)."""
+    # --- what the run loop asks --------------------------------------------------------------
+    def evaluate(self, stage: str = "after", pass_k=None) -> dict | None:
+        """Held-out greedy accuracy (and pass@k before and after training), decoded as the
+        algorithm decodes; before training as the plain model, before any head is trained."""
         if not self.eval_rows:
             return None
         cfg = self.cfg
+        if pass_k is None:
+            pass_k = cfg.eval_pass_k if stage != "during" else ()
+        decode = stage != "before"
         with precision(self.model, cfg.bf16), \
                 (self.algorithm.decoding(self.model) if decode else nullcontext()):
             return evaluate(self.engine, self.tokenizer, self.eval_rows, self.reward,
@@ -181,98 +180,25 @@ class OfflineTrainer:
                             temperature=cfg.eval_temperature, threshold=cfg.success_threshold,
                             codec=self.codec, reward_timeout=cfg.reward_timeout)
 
-    def train(self) -> dict:
-        """Run to ``max_steps`` (resuming from the latest checkpoint); return the summary."""
-        lock = OutputLock(self.out)
-        lock.acquire()
-        try:  # SIGTERM or SIGINT: the step in flight ends, then a checkpoint and a stop
-            with self.interrupts.installed(can_abandon=False):
-                return self._run()
-        finally:
-            lock.release()
+    def state(self) -> dict:
+        return {"sampler": self.sampler.state(), "algorithm": self.algorithm.state()}
 
-    def _run(self) -> dict:
-        cfg, start = self.cfg, time.perf_counter()
-        log = self._prepare_output()
-        if self.before is None:  # the starting model, before any head is trained
-            self.before = self.evaluate(cfg.eval_pass_k, decode=False)
-        progress = Progress(cfg.max_steps, initial=self.step_done, enabled=cfg.progress,
-                            desc=cfg.method)
-        try:
-            for step in range(self.step_done + 1, cfg.max_steps + 1):
-                self._stop_if_interrupted()
-                try:
-                    metrics = self.step(step)
-                except TrainingStopped:
-                    self._checkpoint(self.step_done)
-                    raise
-                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
-                    metrics["eval/accuracy"] = (self.evaluate() or {}).get("accuracy")
-                log.write(metrics)
-                progress.update(metrics)
-                self.step_done = step
-                if cfg.save_every and step % cfg.save_every == 0 or step == cfg.max_steps:
-                    self._checkpoint(step)
-            self._stop_if_interrupted()
-        finally:
-            progress.close()
-            log.close()
-        return self._finish(time.perf_counter() - start)
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return self.algorithm.tensors()
 
-    def _stop_if_interrupted(self) -> None:
-        signum = self.interrupts.received
-        if not signum:
-            return
-        if self.saved_step != self.step_done:
-            self._checkpoint(self.step_done)
-        raise Interrupted(signum, f"{Interrupts.name(signum)}: saved step {self.step_done} in "
-                                  f"{self.out / f'checkpoint-{self.step_done}'}; run the same "
-                                  "command to resume")
+    def load(self, state: dict) -> None:
+        self.sampler.load(state["sampler"])
+        self.algorithm.load(state["algorithm"], state["tensors"])
 
-    def _prepare_output(self) -> MetricsLog:
-        out = self.out
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoints = list_checkpoints(out)
-        if self.cfg.resume == "never":
-            for p in checkpoints:
-                shutil.rmtree(p)
-            checkpoints = []
-        if checkpoints:
-            state = load_checkpoint(checkpoints[-1], self.model, self.optimizer)
-            self.step_done, self.before = state["step"], state["before"]
-            self.saved_step = self.step_done
-            self.sampler.load(state["sampler"])
-            self.algorithm.load(state["algorithm"], state["tensors"])
-            truncate_metrics(out / "metrics.jsonl", self.step_done)
+    def save_config(self, out: Path) -> None:
         save_config(self.cfg, out / "config.yaml")
-        return MetricsLog(out / "metrics.jsonl", append=bool(checkpoints))
 
-    def _checkpoint(self, step: int) -> None:
-        state = {"before": self.before, "sampler": self.sampler.state(),
-                 "algorithm": self.algorithm.state()}
-        self.saved_step = step
-        try:
-            save_checkpoint(self.out, step, self.model, self.tokenizer,
-                            self.optimizer.state_dict(), state, self.cfg.save_total_limit,
-                            extra_tensors=self.algorithm.tensors())
-        except OSError as e:  # a full disk: the last checkpoint stays
-            raise TrainingStopped(f"could not write {self.out}/checkpoint-{step} "
-                                  f"({e.strerror or e}); free space and run the same command "
-                                  "to resume") from None
+    def final_extra(self, folder: Path) -> None:
+        self.algorithm.save(folder)
 
-    def _finish(self, seconds: float) -> dict:
-        after = self.evaluate(self.cfg.eval_pass_k)
-        summary = {"before": self.before, "after": after, "steps": self.step_done,
-                   "train_samples": len(self.samples), "tokens_generated": 0,
-                   "train_seconds": round(seconds, 1), "model": str(self.cfg.model),
-                   "method": self.cfg.method}
-        if lora.is_lora(self.model):
-            lora.save_adapter(self.model, self.out / "adapter")
-            self.model = lora.merge_lora(self.model)
-        save_final(self.out, self.model, self.tokenizer, summary, extra=self.algorithm.save)
-        if self.cfg.plots:
-            plot_run(self.out)
-        return summary
+    def summary(self) -> dict:
+        return {"train_samples": len(self.samples), "tokens_generated": 0,
+                "model": str(self.cfg.model), "method": self.cfg.method}
 
 
 def weighted(parts: list[tuple[float, dict]]) -> dict:

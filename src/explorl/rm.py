@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,14 +20,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from explorl.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_final
 from explorl.config import RMConfig
 from explorl.data.preferences import load_pairs, pair_text
 from explorl.data.tasks import PromptSampler
+from explorl.distributed import Parallel
 from explorl.errors import UserError
-from explorl.models.policy import disable_dropout, load_tokenizer, resolve_model_path
-from explorl.output_lock import OutputLock
-from explorl.tracking import MetricsLog, Progress, plot_run, truncate_metrics
+from explorl.interrupts import Interrupts
+from explorl.rewards.reward_model import load_reward_backbone, rewards_of
+from explorl.run import RunLoop, RunSettings, linear_warmup
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor,
@@ -40,42 +38,6 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: tor
     if center_coefficient:
         loss = loss + center_coefficient * ((chosen + rejected) ** 2).mean()
     return loss
-
-
-def load_reward_backbone(name: str):
-    """A causal LM (or a trained reward model) as a sequence classifier with one output."""
-    from transformers import AutoModelForSequenceClassification
-
-    tokenizer = load_tokenizer(name)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(name), num_labels=1, use_safetensors=True)
-    except (OSError, ValueError) as e:
-        raise UserError(f"model={name}: cannot load it as a reward model "
-                        f"({str(e).splitlines()[0]})") from None
-    model.config.pad_token_id = tokenizer.pad_token_id
-    disable_dropout(model)  # chosen and rejected are scored by the same function
-    return model, tokenizer
-
-
-def rewards_of(model, tokenizer, texts: list[str], max_length: int,
-               batch_size: int = 0) -> torch.Tensor:
-    """The model's scalar reward of each text, read at its last token (left padding)."""
-    out = []
-    size = batch_size or len(texts)
-    for s in range(0, len(texts), size):
-        ids = [tokenizer(t, add_special_tokens=False).input_ids[-max_length:]
-               for t in texts[s:s + size]]
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for i, x in enumerate(ids):
-            input_ids[i, width - len(x):] = torch.tensor(x)
-            mask[i, width - len(x):] = 1
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
-        out.append(model(**{k: v.to(model.device) for k, v in inputs.items()}).logits[:, 0])
-    return torch.cat(out).float()
 
 
 def pair_rewards(model, tokenizer, pairs: list[dict], max_length: int,
@@ -120,7 +82,7 @@ def split_pairs(cfg: RMConfig) -> tuple[list[dict], list[dict]]:
     return [pairs[i] for i in rest], [pairs[i] for i in held]
 
 
-class RewardModelTrainer:
+class RewardModelTrainer(RunLoop):
     """Bradley-Terry training with held-out pairwise accuracy before and after, metrics,
     plots and checkpoints that resume exactly. Bad input fails in the constructor."""
 
@@ -134,10 +96,16 @@ class RewardModelTrainer:
                                            weight_decay=cfg.weight_decay)
         self.sampler = PromptSampler(len(self.train_pairs), min(cfg.batch_size,
                                                                 len(self.train_pairs)), cfg.seed)
-        self.max_steps = cfg.max_steps or math.ceil(
+        max_steps = cfg.max_steps or math.ceil(
             cfg.num_epochs * len(self.train_pairs) / self.sampler.batch)
-        self.out = Path(cfg.output_dir)
-        self.step_done, self.before = 0, None
+        self.settings = RunSettings(cfg.output_dir, max_steps, cfg.eval_every, cfg.save_every,
+                                    cfg.save_total_limit, cfg.resume, cfg.progress, cfg.plots,
+                                    desc="rm")
+        self.out, self.dist, self.interrupts = Path(cfg.output_dir), Parallel(), Interrupts()
+
+    @property
+    def max_steps(self) -> int:
+        return self.settings.max_steps
 
     def step(self, step: int) -> dict:
         cfg = self.cfg
@@ -146,8 +114,7 @@ class RewardModelTrainer:
         chosen, rejected = pair_rewards(self.model, self.tokenizer, pairs, cfg.max_length)
         margin = torch.tensor([p["margin"] for p in pairs])
         loss = bradley_terry_loss(chosen, rejected, margin, cfg.center_rewards_coefficient)
-        lr = cfg.learning_rate * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps \
-            else cfg.learning_rate
+        lr = linear_warmup(cfg.learning_rate, cfg.warmup_steps, step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -162,69 +129,21 @@ class RewardModelTrainer:
                 "reward/chosen": float(chosen.mean()), "reward/rejected": float(rejected.mean()),
                 "grad_norm": grad_norm, "lr": lr}
 
-    def evaluate(self) -> dict:
+    def evaluate(self, stage: str = "after") -> dict:
         return pairwise_accuracy(self.model, self.tokenizer, self.eval_pairs, self.cfg.max_length)
 
-    def train(self) -> dict:
-        lock = OutputLock(self.out)
-        lock.acquire()
-        try:
-            return self._run()
-        finally:
-            lock.release()
+    def state(self) -> dict:
+        return {"sampler": self.sampler.state()}
 
-    def _run(self) -> dict:
-        cfg, start = self.cfg, time.perf_counter()
-        log = self._prepare_output()
-        if self.before is None:
-            self.before = self.evaluate()
-        progress = Progress(self.max_steps, initial=self.step_done, enabled=cfg.progress,
-                            desc="rm")
-        try:
-            for step in range(self.step_done + 1, self.max_steps + 1):
-                metrics = self.step(step)
-                last = step == self.max_steps
-                if last or cfg.eval_every and step % cfg.eval_every == 0:
-                    metrics["eval/accuracy"] = self.evaluate()["accuracy"]
-                log.write(metrics)
-                progress.update(metrics)
-                self.step_done = step
-                if last or cfg.save_every and step % cfg.save_every == 0:
-                    self._checkpoint(step)
-        finally:
-            progress.close()
-            log.close()
-        return self._finish(time.perf_counter() - start)
+    def load(self, state: dict) -> None:
+        self.sampler.load(state["sampler"])
 
-    def _prepare_output(self) -> MetricsLog:
-        self.out.mkdir(parents=True, exist_ok=True)
-        checkpoints = list_checkpoints(self.out)
-        if self.cfg.resume == "never":
-            for p in checkpoints:
-                shutil.rmtree(p)
-            checkpoints = []
-        if checkpoints:
-            state = load_checkpoint(checkpoints[-1], self.model, self.optimizer)
-            self.step_done, self.before = state["step"], state["before"]
-            self.sampler.load(state["sampler"])
-            truncate_metrics(self.out / "metrics.jsonl", self.step_done)
-        (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
-        return MetricsLog(self.out / "metrics.jsonl", append=bool(checkpoints))
+    def save_config(self, out: Path) -> None:
+        (out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
 
-    def _checkpoint(self, step: int) -> None:
-        save_checkpoint(self.out, step, self.model, self.tokenizer, self.optimizer.state_dict(),
-                        {"before": self.before, "sampler": self.sampler.state()},
-                        self.cfg.save_total_limit)
-
-    def _finish(self, seconds: float) -> dict:
-        after = self.evaluate()
-        summary = {"before": self.before, "after": after, "steps": self.step_done,
-                   "train_pairs": len(self.train_pairs), "eval_pairs": len(self.eval_pairs),
-                   "train_seconds": round(seconds, 1), "model": self.cfg.model}
-        save_final(self.out, self.model, self.tokenizer, summary)
-        if self.cfg.plots:
-            plot_run(self.out)
-        return summary
+    def summary(self) -> dict:
+        return {"train_pairs": len(self.train_pairs), "eval_pairs": len(self.eval_pairs),
+                "model": self.cfg.model}
 
 
 __all__ = ["RMConfig", "RewardModelTrainer", "bradley_terry_loss", "pairwise_accuracy"]

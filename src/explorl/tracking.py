@@ -322,43 +322,9 @@ def plot_run(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
     out = run_dir / "plots"
-    written: list[Path] = []
     if not records:
-        return written
-
-    # reward
-    x, y = series(records, "reward/mean")
-    if len(y):
-        fig, ax = new_figure("Reward", "step", "reward")
-        band = [
-            (r["step"] if _is_number(r.get("step")) else i + 1, r["reward/mean"], r["reward/std"])
-            for i, r in enumerate(records)
-            if _is_number(r.get("reward/mean")) and _is_number(r.get("reward/std"))
-        ]
-        if band:
-            bx, bm, bs = (np.asarray(c, dtype=float) for c in zip(*band))
-            ax.fill_between(bx, bm - bs, bm + bs, color="C0", alpha=0.15, linewidth=0, label="±std")
-        _draw_smoothed(ax, x, y, label="reward/mean")
-        ax.legend(loc="best", fontsize="small")
-        written.append(save_figure(fig, out / "reward.png"))
-
-    # accuracy (train, plus held-out eval points; the evaluation before training at step 0)
-    x, y = series(records, "accuracy")
-    ex, ey = series(records, "eval/accuracy")
-    before = _before_accuracy(run_dir)
-    if before is not None:
-        ex, ey = np.concatenate([[0.0], ex]), np.concatenate([[before], ey])
-    if len(y) or len(ey):
-        fig, ax = new_figure("Accuracy", "step", "accuracy")
-        if len(y):
-            _draw_smoothed(ax, x, y, label="train")
-        if len(ey):
-            ax.plot(
-                ex, ey, color="C3", marker="o", markersize=4, linewidth=1.0, label="eval (greedy)"
-            )
-        ax.legend(loc="best", fontsize="small")
-        written.append(save_figure(fig, out / "accuracy.png"))
-
+        return []
+    written = [_plot_reward(records, out), _plot_accuracy(records, run_dir, out)]
     for key, fname, title, ylabel in (
         ("entropy", "entropy.png", "Policy entropy", "entropy (nats/token)"),
         ("kl", "kl.png", "KL to reference", "KL"),
@@ -370,8 +336,56 @@ def plot_run(run_dir: Path) -> list[Path]:
         fig, ax = new_figure(title, "step", ylabel)
         _draw_smoothed(ax, x, y, label=key)
         written.append(save_figure(fig, out / fname))
+    written += _plot_offline(records, out)
+    x, y = series(records, "temperature")
+    if len(y) and np.ptp(y) > 0:
+        fig, ax = new_figure("Sampling temperature", "step", "temperature")
+        ax.plot(x, y, color="C0", linewidth=1.5)
+        written.append(save_figure(fig, out / "temperature.png"))
+    return [w for w in written if w is not None]
 
-    # offline methods: ILQL's losses and its advantages on successful and failed samples
+
+def _plot_reward(records: list[dict], out: Path) -> Path | None:
+    """The reward's mean with a ±std band."""
+    x, y = series(records, "reward/mean")
+    if not len(y):
+        return None
+    fig, ax = new_figure("Reward", "step", "reward")
+    band = [
+        (r["step"] if _is_number(r.get("step")) else i + 1, r["reward/mean"], r["reward/std"])
+        for i, r in enumerate(records)
+        if _is_number(r.get("reward/mean")) and _is_number(r.get("reward/std"))
+    ]
+    if band:
+        bx, bm, bs = (np.asarray(c, dtype=float) for c in zip(*band))
+        ax.fill_between(bx, bm - bs, bm + bs, color="C0", alpha=0.15, linewidth=0, label="±std")
+    _draw_smoothed(ax, x, y, label="reward/mean")
+    ax.legend(loc="best", fontsize="small")
+    return save_figure(fig, out / "reward.png")
+
+
+def _plot_accuracy(records: list[dict], run_dir: Path, out: Path) -> Path | None:
+    """Train accuracy, plus held-out eval points (the evaluation before training at step 0)."""
+    x, y = series(records, "accuracy")
+    ex, ey = series(records, "eval/accuracy")
+    before = _before_accuracy(run_dir)
+    if before is not None:
+        ex, ey = np.concatenate([[0.0], ex]), np.concatenate([[before], ey])
+    if not (len(y) or len(ey)):
+        return None
+    fig, ax = new_figure("Accuracy", "step", "accuracy")
+    if len(y):
+        _draw_smoothed(ax, x, y, label="train")
+    if len(ey):
+        ax.plot(ex, ey, color="C3", marker="o", markersize=4, linewidth=1.0,
+                label="eval (greedy)")
+    ax.legend(loc="best", fontsize="small")
+    return save_figure(fig, out / "accuracy.png")
+
+
+def _plot_offline(records: list[dict], out: Path) -> list[Path]:
+    """Offline methods: ILQL's losses and its advantages on successful and failed samples."""
+    written = []
     for keys, fname, title, ylabel, log in (
         (("ilql/loss_q", "ilql/loss_v", "ilql/loss_cql", "ilql/loss_awac", "bc/nll"),
          "offline_losses.png", "Offline losses", "loss (log scale)", True),
@@ -389,13 +403,6 @@ def plot_run(run_dir: Path) -> list[Path]:
             ax.set_yscale("log")
         ax.legend(loc="best", fontsize="small")
         written.append(save_figure(fig, out / fname))
-
-    x, y = series(records, "temperature")
-    if len(y) and np.ptp(y) > 0:
-        fig, ax = new_figure("Sampling temperature", "step", "temperature")
-        ax.plot(x, y, color="C0", linewidth=1.5)
-        written.append(save_figure(fig, out / "temperature.png"))
-
     return written
 
 

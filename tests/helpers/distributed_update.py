@@ -18,14 +18,15 @@ import torch
 from safetensors.torch import save_file
 
 from explorl import TrainConfig, Trainer
-from explorl.batch import TrainBatch
-from explorl.config import E3Config, HeRLConfig
-from explorl.exploration.hindsight import shaped_surrogate
-from explorl.rollout.engine import Rollout, left_pad
+from explorl.batch import Advantages, Rollout, TrainBatch
+from explorl.config import E3Config, EntropyConfig, HeRLConfig
+from explorl.exploration.hindsight import RevisionSurrogate
+from explorl.rollout.engine import left_pad
 
 COUNTS = [2, 3, 6, 6]  # samples per prompt, uneven as under E3; 17 rows: 9 and 8 per process
 CASES = {  # each a different normaliser; dapo in micro-batches of 4 needs a filler pass (3 vs 2)
-    "dapo": dict(loss_type="dapo", micro_batch_size=4, beta=0.04, entropy_coef=0.01),
+    "dapo": dict(loss_type="dapo", micro_batch_size=4, beta=0.04,
+                 entropy=EntropyConfig(coef=0.01)),
     "grpo": dict(loss_type="grpo", gradient_checkpointing=True),
     "dr_grpo": dict(loss_type="dr_grpo", kl_estimator="k1", beta=0.1),
 }
@@ -41,10 +42,9 @@ def trainer_for(case: str, out: str, **overrides) -> Trainer:
 
 
 def with_revision_loss(trainer: Trainer, gamma: float) -> Trainer:
-    """HeRL's revision loss for the batch's revision rows (the trainer is not a HeRL one: its
-    data has no rubric)."""
-    trainer.update.revision_loss = lambda logps, old, adv: shaped_surrogate(logps, old, adv,
-                                                                            gamma)
+    """HeRL's revision term for the batch's revision rows (the trainer is not a HeRL one: its
+    data has no rubric), after the policy gradient, as HeRL places it."""
+    trainer.update.terms.insert(1, RevisionSurrogate(gamma))
     return trainer
 
 
@@ -68,9 +68,11 @@ def fixed_batch(trainer: Trainer, width: int = 6) -> tuple[TrainBatch, torch.Ten
     rewards[7] = float("nan")
     revision = torch.zeros(n, dtype=torch.bool)
     revision[[1, 9]] = True
-    batch = TrainBatch(rollout, rewards, [""] * n, revision)
+    batch = TrainBatch(rollout, rewards, [""] * n, rows={"policy": ~revision,
+                                                         "revision": revision})
     loss_mask = batch.loss_mask(False)
-    return batch, trainer.algorithm.advantages(batch, loss_mask), loss_mask
+    estimate = trainer.algorithm.advantages(batch, loss_mask, trainer.logprobs)
+    return batch, estimate.advantages, loss_mask
 
 
 def update(trainer: Trainer, batch, advantages, loss_mask) -> tuple[dict[str, torch.Tensor],
@@ -91,7 +93,7 @@ def update(trainer: Trainer, batch, advantages, loss_mask) -> tuple[dict[str, to
             return step(*args)
 
         trainer.dist.step = capture
-    shard = trainer.update.prepare(batch, advantages, loss_mask)
+    shard = trainer.update.prepare(batch, Advantages(advantages), loss_mask)
     metrics = trainer.update.step(shard, trainer.cfg.learning_rate)
     tensors = {}
     for name, p in trainer.model.named_parameters():
@@ -117,7 +119,7 @@ def collected(trainer: Trainer) -> dict:
 
 
 RESUME = dict(prompts_per_step=4, num_generations=4, save_every=2, method="herl+e3",
-              e3=E3Config(budget_min=2, budget_max=6, entropy_target_steps=1),
+              e3=E3Config(budget_min=2, budget_max=6), entropy=EntropyConfig(target_steps=1),
               micro_batch_size=3, scale_rewards="batch", rubric_reward="strict",
               herl=HeRLConfig(candidate_limit=2), **SMALL)
 

@@ -1,8 +1,9 @@
 """Advantage estimators behind one small interface.
 
-An estimator maps :class:`AdvantageInputs` to per-token advantages ``[N, L]``. The group-relative
-ones (GRPO, RLOO, Dr.GRPO) give every token of a completion the same value; a critic-based one
-(PPO with GAE) can fill in ``values`` and return per-token estimates through the same door.
+An estimator maps :class:`AdvantageInputs` and :class:`EstimatorOptions` to per-token
+advantages ``[N, L]``. The group-relative ones (GRPO, RLOO, Dr.GRPO) give every token of a
+completion the same value from the sequences' rewards; GAE (PPO's) works per token from token
+rewards and a critic's values.
 
 Groups may have any size (E3 gives prompts different sample counts). Rewards that are NaN are
 unknown (a reward function failed): they take no part in the statistics and get advantage 0.
@@ -22,7 +23,18 @@ class AdvantageInputs:
     rewards: torch.Tensor  # [N], NaN = unknown
     group_ids: torch.Tensor  # [N] long
     completion_mask: torch.Tensor  # [N, L]
-    values: torch.Tensor | None = None  # [N, L] critic values, for estimators that use one
+    token_rewards: torch.Tensor | None = None  # [N, L] per-token rewards (GAE)
+    values: torch.Tensor | None = None  # [N, L] a critic's values (GAE)
+
+
+@dataclass
+class EstimatorOptions:
+    scale_rewards: str = "group"
+    """Group-relative estimators: the std that divides (``group``, ``batch``, ``none``)."""
+    gamma: float = 1.0
+    """GAE: discount over completion tokens."""
+    lam: float = 0.95
+    """GAE: lambda."""
 
 
 def group_baseline(rewards: torch.Tensor, group_ids: torch.Tensor,
@@ -77,15 +89,41 @@ def group_relative(inputs: AdvantageInputs, baseline: str = "mean",
     return adv.unsqueeze(-1) * inputs.completion_mask.to(adv.dtype)
 
 
-Estimator = Callable[[AdvantageInputs, str], torch.Tensor]
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over each completion's tokens.
+    With ``delta_t = r_t + gamma V_{t+1} - V_t`` (no value after the last token):
+    ``A_t = delta_t + gamma lam A_{t+1}``; returns ``R_t = A_t + V_t``. Both zero past the end."""
+    mask = mask.to(rewards.dtype)
+    values = values * mask
+    width = rewards.shape[1]
+    # one step past the last column: no token, no value
+    after = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
+    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
+    advantages = torch.zeros_like(rewards)
+    running = rewards.new_zeros(rewards.shape[0])
+    for t in reversed(range(width)):
+        delta = rewards[:, t] + gamma * next_values[:, t] - values[:, t]
+        running = delta + gamma * lam * running * after[:, t]
+        advantages[:, t] = running
+    advantages = advantages * mask
+    return advantages, (advantages + values) * mask
+
+
+Estimator = Callable[[AdvantageInputs, EstimatorOptions], torch.Tensor]
 
 ESTIMATORS: dict[str, Estimator] = {
-    "grpo": lambda x, scale: group_relative(x, "mean", scale),
-    "rloo": lambda x, scale: group_relative(x, "loo", scale),
-    "dr_grpo": lambda x, scale: group_relative(x, "mean", "none"),
+    "grpo": lambda x, o: group_relative(x, "mean", o.scale_rewards),
+    "rloo": lambda x, o: group_relative(x, "loo", o.scale_rewards),
+    "dr_grpo": lambda x, o: group_relative(x, "mean", "none"),
+    "gae": lambda x, o: gae(x.token_rewards, x.values, x.completion_mask, o.gamma, o.lam)[0],
 }
 
 
-def compute_advantages(name: str, inputs: AdvantageInputs, scale_rewards: str) -> torch.Tensor:
-    """Per-token advantages ``[N, L]`` from the named estimator."""
-    return ESTIMATORS[name](inputs, scale_rewards)
+def compute_advantages(name: str, inputs: AdvantageInputs,
+                       options: EstimatorOptions | str = "group") -> torch.Tensor:
+    """Per-token advantages ``[N, L]`` from the named estimator; ``options`` may be just the
+    ``scale_rewards`` of a group-relative one."""
+    if isinstance(options, str):
+        options = EstimatorOptions(scale_rewards=options)
+    return ESTIMATORS[name](inputs, options)

@@ -20,7 +20,8 @@ from explorl.algorithms.losses import (
     sequence_ratio,
     token_ratio,
 )
-from explorl.batch import TrainBatch
+from explorl.batch import Advantages, TrainBatch
+from explorl.models.logprobs import LogProbs
 
 
 class GRPO(Algorithm):
@@ -31,19 +32,22 @@ class GRPO(Algorithm):
     ``loss_type`` (loss).
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, device=None):
         self.epochs = cfg.num_iterations
-        self.estimator, self.scale_rewards = cfg.advantage_estimator, cfg.scale_rewards
+        self.estimator = cfg.advantage_estimator
+        # dr_grpo's estimator divides by no std whatever this says (the config refuses others)
+        self.scale_rewards = "group" if cfg.scale_rewards == "auto" else cfg.scale_rewards
         self.epsilon = cfg.epsilon
         self.epsilon_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
         self.dual_clip, self.loss_type = cfg.dual_clip, cfg.loss_type
         self.sequence_level = cfg.importance_sampling_level == "sequence"
 
-    def advantages(self, batch: TrainBatch, loss_mask: torch.Tensor) -> torch.Tensor:
+    def advantages(self, batch: TrainBatch, loss_mask: torch.Tensor,
+                   logprobs: LogProbs | None = None) -> Advantages:
         """Per-token advantages ``[N, L]`` of the whole batch (groups of any size; unknown
         rewards get 0)."""
         inputs = AdvantageInputs(batch.rewards, batch.rollout.group_ids, loss_mask)
-        return compute_advantages(self.estimator, inputs, self.scale_rewards)
+        return Advantages(compute_advantages(self.estimator, inputs, self.scale_rewards))
 
     def policy_loss(self, logps: torch.Tensor, old_logps: torch.Tensor,
                     advantages: torch.Tensor,

@@ -10,9 +10,9 @@ the whole batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+
+from explorl.batch import Normalizer
 
 
 def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, epsilon_low: float,
@@ -90,16 +90,6 @@ def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str) ->
         d = ref_logps - logps
         return torch.exp(d) - d - 1
     raise ValueError(f"unknown kl estimator {estimator!r}")
-
-
-@dataclass
-class Normalizer:
-    """Whole-batch counts, so each micro-batch's (and each process's) loss is its share of the
-    whole batch's loss."""
-
-    num_sequences: int  # rows of the batch, masked ones included (TRL's convention)
-    num_tokens: int  # trained tokens in the batch
-    max_completion_length: int
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str,

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from explorl.algorithms.advantages import AdvantageInputs, EstimatorOptions, compute_advantages
 from explorl.algorithms.base import Algorithm
 from explorl.algorithms.losses import (
     clipped_surrogate,
@@ -30,9 +31,10 @@ from explorl.algorithms.losses import (
     terminal_rewards,
     token_ratio,
 )
-from explorl.batch import TrainBatch, UpdateBatch
+from explorl.batch import Advantages, Rollout, TrainBatch, UpdateBatch
 from explorl.checkpoint import optimizer_state, optimizer_state_dict
 from explorl.errors import UserError
+from explorl.models.logprobs import LogProbs
 from explorl.models.policy import (
     disable_dropout,
     load_tokenizer,
@@ -40,7 +42,6 @@ from explorl.models.policy import (
     precision,
     resolve_model_path,
 )
-from explorl.rollout.engine import Rollout
 
 
 # --- the math, pure -----------------------------------------------------------------------------
@@ -64,27 +65,6 @@ def token_rewards(scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Te
     if ref_logps is not None and kl_coef:
         rewards = rewards - kl_coef * kl_estimate(logps, ref_logps, estimator) * mask
     return rewards
-
-
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over each completion's tokens. With
-    ``delta_t = r_t + gamma V_{t+1} - V_t`` (no value after the last token):
-    ``A_t = delta_t + gamma lam A_{t+1}``; returns ``R_t = A_t + V_t``. Both zero past the end."""
-    mask = mask.to(rewards.dtype)
-    values = values * mask
-    width = rewards.shape[1]
-    # one step past the last column: no token, no value
-    after = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
-    next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
-    advantages = torch.zeros_like(rewards)
-    running = rewards.new_zeros(rewards.shape[0])
-    for t in reversed(range(width)):
-        delta = rewards[:, t] + gamma * next_values[:, t] - values[:, t]
-        running = delta + gamma * lam * running * after[:, t]
-        advantages[:, t] = running
-    advantages = advantages * mask
-    return advantages, (advantages + values) * mask
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
@@ -141,20 +121,17 @@ class Critic(torch.nn.Module):
 class PPO(Algorithm):
     """``method=ppo``: the knobs are in ``cfg.ppo`` (:class:`explorl.config.PPOConfig`)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, device: torch.device | str = "cpu"):
         self.ppo, self.seed = cfg.ppo, cfg.seed
         self.epochs = cfg.ppo.num_ppo_epochs
         self.kl = KLController(cfg.ppo.kl_coef, cfg.ppo.target_kl if cfg.ppo.adaptive_kl
                                else None, cfg.ppo.kl_horizon)
         self.critic = Critic(self._critic_source(cfg), zero_head=cfg.ppo.critic_init == "policy")
-        self.critic.train()
+        self.critic.to(device).train()
         self.critic_optimizer = torch.optim.AdamW(
             self.critic.parameters(), lr=cfg.ppo.critic_learning_rate or cfg.learning_rate,
             betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
         self.max_grad_norm, self.bf16 = cfg.max_grad_norm, cfg.bf16
-        self.values = self.returns = None  # of the batch being trained on
-        self.pending_kl: tuple[float, int] | None = None  # the controller's next observation
-        self.last: dict = {}
 
     @staticmethod
     def _critic_source(cfg) -> str:
@@ -170,31 +147,31 @@ class PPO(Algorithm):
                             "the policy; use critic_init=policy")
         return path
 
-    def bind(self, update) -> None:
-        self.update = update
-        self.critic.to(update.model.device)  # in place: the optimizer keeps its parameters
-
-    def advantages(self, batch: TrainBatch, loss_mask: torch.Tensor) -> torch.Tensor:
-        """KL-penalised token rewards, critic values, GAE, whitened; the sampling policy's
-        log-probs go with the batch (for the ratio), values and returns stay here."""
+    def advantages(self, batch: TrainBatch, loss_mask: torch.Tensor,
+                   logprobs: LogProbs) -> Advantages:
+        """KL-penalised token rewards, critic values, GAE, whitened; with the sampling
+        policy's log-probs (for the ratio) and the values and returns the critic trains on."""
         rollout, p = batch.rollout, self.ppo
-        batch.old_logps = self.update.logprobs(rollout)
-        ref = self.update.ref_logprobs(rollout) if p.kl_coef else None
+        old = logprobs.policy(rollout)
+        ref = logprobs.reference(rollout) if p.kl_coef else None
         with torch.no_grad():
-            self.values = self.critic(rollout) * loss_mask
-        rewards = token_rewards(batch.rewards, batch.old_logps, ref, loss_mask, self.kl.coef,
+            values = self.critic(rollout) * loss_mask
+        rewards = token_rewards(batch.rewards, old, ref, loss_mask, self.kl.coef,
                                 p.kl_estimator)
         if p.whiten_rewards:
             rewards = masked_whiten(rewards, loss_mask, shift_mean=False) * loss_mask
-        advantages, self.returns = gae(rewards, self.values, loss_mask, p.gamma, p.lam)
+        inputs = AdvantageInputs(batch.rewards, rollout.group_ids, loss_mask,
+                                 token_rewards=rewards, values=values)
+        advantages = compute_advantages("gae", inputs, EstimatorOptions(gamma=p.gamma,
+                                                                        lam=p.lam))
+        returns = (advantages + values) * loss_mask
         # KL per sequence (summed over its tokens), the quantity target_kl is stated in
-        kl = float(((batch.old_logps - ref) * loss_mask).sum(-1).mean()) if ref is not None \
-            else 0.0
-        self.last = {"ppo/kl": kl, "ppo/kl_coef": self.kl.coef,
-                     "ppo/values": float(masked_mean(self.values, loss_mask)),
-                     "ppo/returns": float(masked_mean(self.returns, loss_mask))}
-        self.pending_kl = (kl, len(batch))
-        return masked_whiten(advantages, loss_mask) * loss_mask
+        kl = float(((old - ref) * loss_mask).sum(-1).mean()) if ref is not None else 0.0
+        metrics = {"ppo/kl": kl, "ppo/kl_coef": self.kl.coef,
+                   "ppo/values": float(masked_mean(values, loss_mask)),
+                   "ppo/returns": float(masked_mean(returns, loss_mask))}
+        return Advantages(masked_whiten(advantages, loss_mask) * loss_mask, old_logps=old,
+                          values=values, returns=returns, metrics=metrics)
 
     def policy_loss(self, logps, old_logps, advantages, mask):
         c = self.ppo.cliprange
@@ -207,16 +184,13 @@ class PPO(Algorithm):
         return [torch.as_tensor(part) for part in np.array_split(order, self.ppo.num_mini_batches)
                 if len(part)]  # an E3 budget can make a batch smaller than num_mini_batches
 
-    def after_policy_step(self, mini: UpdateBatch, rows) -> dict:
+    def after_policy_step(self, mini: UpdateBatch) -> dict:
         """One critic step on the policy step's rows: the clipped value loss, times
         ``vf_coef``; skipped when the loss or its gradient is not finite."""
-        if self.pending_kl:  # after the weights changed: an abandoned step leaves it alone
-            self.kl.update(*self.pending_kl)
-            self.pending_kl = None
         with precision(self.critic.trunk, self.bf16):  # as the rollout's values were
             values = self.critic(mini.rollout)
-        loss, clipped = clipped_value_loss(values, self.values[rows], self.returns[rows],
-                                           mini.loss_mask, self.ppo.cliprange_value)
+        loss, clipped = clipped_value_loss(values, mini.values, mini.returns, mini.loss_mask,
+                                           self.ppo.cliprange_value)
         self.critic_optimizer.zero_grad(set_to_none=True)
         (self.ppo.vf_coef * loss).backward()
         norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.max_grad_norm)
@@ -224,8 +198,12 @@ class PPO(Algorithm):
         if finite:
             self.critic_optimizer.step()
         self.critic_optimizer.zero_grad(set_to_none=True)
-        return {**self.last, "ppo/value_loss": float(loss.detach()),
+        return {"ppo/value_loss": float(loss.detach()),
                 "ppo/value_clip_fraction": float(clipped), "ppo/critic_skipped": int(not finite)}
+
+    def observe(self, estimate: Advantages) -> None:
+        """The KL controller sees the step's KL once the weights have changed."""
+        self.kl.update(estimate.metrics["ppo/kl"], len(estimate.advantages))
 
     def state(self) -> dict:
         meta, _ = optimizer_state(self.critic_optimizer.state_dict())

@@ -1,19 +1,16 @@
 """Dynamic sampling (DAPO, Yu et al. 2025): a group whose rewards are all equal has zero
 advantage and teaches nothing, so it is dropped and the batch is refilled with the groups of new
 prompts, at most ``max_rounds`` times a step. Each refill samples as many new prompts as groups
-are missing. The dropped groups' tokens were generated all the same: they count in the run's
-token budget (``tokens/total``), so equal-budget comparisons charge dynamic sampling for them.
+are missing: the trainer collects them while :attr:`Selection.missing` asks for more. The
+dropped groups' tokens were generated all the same: they count in the run's token budget
+(``tokens/total``), so equal-budget comparisons charge dynamic sampling for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from explorl.batch import ScoredBatch
-from explorl.rewards.base import Rewards
-from explorl.rollout.engine import Rollout
+from explorl.batch import Rewards, Rollout, ScoredBatch
 
 
 def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor,
@@ -39,7 +36,7 @@ def join_groups(parts: list[tuple[ScoredBatch, list[int]]], pad_id: int) -> Scor
             rollout.group_ids = torch.full_like(rollout.group_ids, new_id)
             rollouts.append(rollout)
             texts += [batch.texts[i] for i in take.tolist()]
-            rewards.append(_rewards_of(batch.rewards, take.tolist()))
+            rewards.append(batch.rewards.select(take.tolist()))
             passed.append(batch.passed[take])
             rows.append(batch.rows[g])
         for key, value in batch.seconds.items():
@@ -48,40 +45,45 @@ def join_groups(parts: list[tuple[ScoredBatch, list[int]]], pad_id: int) -> Scor
                        torch.cat(passed), seconds)
 
 
-def _rewards_of(rewards: Rewards, take: list[int]) -> Rewards:
-    index = torch.tensor(take, device=rewards.total.device, dtype=torch.long)
-    grades = None if rewards.grades is None else [rewards.grades[i] for i in take]
-    masked = int(rewards.total[index].isnan().sum())
-    return Rewards(rewards.total[index], {k: v[index] for k, v in rewards.per_func.items()},
-                   masked, [], grades, 0)
+class Selection:
+    """One step's informative groups, gathered from the first batch and each refill: while
+    :attr:`missing` is above 0, the trainer collects that many new prompts' groups and hands
+    them to :meth:`add`; :meth:`result` is the batch to train on. At most ``groups`` are kept;
+    when no group is informative the first batch is returned as it is (its advantages are all
+    zero, as under plain GRPO)."""
 
+    def __init__(self, first: ScoredBatch, groups: int, max_rounds: int, pad_id: int):
+        self.first, self.groups, self.max_rounds, self.pad_id = first, groups, max_rounds, pad_id
+        self.parts: list[tuple[ScoredBatch, list[int]]] = []
+        self.kept = self.generated = self.rounds = 0
+        self._take(first)
 
-class DynamicSampling:
-    """``fill(first, more)``: keep ``first``'s informative groups, refilling with ``more(n)``
-    (the scored groups of ``n`` new prompts) until ``groups`` are kept or ``max_rounds`` refills
-    were made; at most ``groups`` are kept. When no group is informative the first batch is
-    returned as it is (its advantages are all zero, as under plain GRPO)."""
+    def _take(self, batch: ScoredBatch) -> None:
+        self.generated += batch.generated_tokens
+        chosen = informative_groups(batch.rewards.total, batch.rollout.group_ids,
+                                    len(batch.rows))[: self.groups - self.kept]
+        self.parts.append((batch, chosen))
+        self.kept += len(chosen)
 
-    def __init__(self, groups: int, max_rounds: int, pad_id: int):
-        self.groups, self.max_rounds, self.pad_id = groups, max_rounds, pad_id
+    @property
+    def missing(self) -> int:
+        """Groups to refill now; 0 once the step is full or out of refills."""
+        if self.kept >= self.groups or self.rounds >= self.max_rounds:
+            return 0
+        return self.groups - self.kept
 
-    def fill(self, first: ScoredBatch,
-             more: Callable[[int], ScoredBatch]) -> tuple[ScoredBatch, int, dict]:
+    def add(self, batch: ScoredBatch) -> None:
+        """The scored groups of a refill's new prompts."""
+        self.rounds += 1
+        self._take(batch)
+
+    def result(self) -> tuple[ScoredBatch, int, dict]:
         """The batch to train on, the tokens generated for groups left out of it, metrics."""
-        parts, kept, generated, batch, rounds = [], 0, 0, first, 0
-        while True:
-            generated += batch.generated_tokens
-            chosen = informative_groups(batch.rewards.total, batch.rollout.group_ids,
-                                        len(batch.rows))[: self.groups - kept]
-            parts.append((batch, chosen))
-            kept += len(chosen)
-            if kept >= self.groups or rounds >= self.max_rounds:
-                break
-            rounds += 1
-            batch = more(self.groups - kept)
-        out = join_groups(parts, self.pad_id) if kept else first
-        metrics = {"dynamic_sampling/rounds": rounds,
-                   "dynamic_sampling/kept_groups": kept / self.groups,
-                   "dynamic_sampling/dropped_groups": sum(len(b.rows) for b, _ in parts) - kept,
-                   "dynamic_sampling/dropped_tokens": generated - out.generated_tokens}
-        return out, generated - out.generated_tokens, metrics
+        out = join_groups(self.parts, self.pad_id) if self.kept else self.first
+        dropped = self.generated - out.generated_tokens
+        metrics = {"dynamic_sampling/rounds": self.rounds,
+                   "dynamic_sampling/kept_groups": self.kept / self.groups,
+                   "dynamic_sampling/dropped_groups": sum(len(b.rows) for b, _ in self.parts)
+                   - self.kept,
+                   "dynamic_sampling/dropped_tokens": dropped}
+        return out, dropped, metrics

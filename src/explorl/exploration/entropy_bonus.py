@@ -1,4 +1,4 @@
-"""An entropy bonus whose weight adapts to hold a target entropy (``use_adaptive_entropy``).
+"""An entropy bonus whose weight adapts to hold a target entropy (``entropy.adaptive``).
 
 After each update, with H the token-mean entropy of the step's completion tokens and H* the
 target, the coefficient of the ``-c * H`` term in the loss moves by a fixed step towards holding
@@ -38,8 +38,9 @@ class AdaptiveEntropyBonus:
 
     @classmethod
     def from_config(cls, cfg) -> AdaptiveEntropyBonus:
-        return cls(cfg.entropy_coef, cfg.entropy_coef_step, cfg.entropy_coef_max,
-                   cfg.entropy_target)
+        """From a :class:`explorl.config.TrainConfig`'s ``entropy`` section."""
+        e = cfg.entropy
+        return cls(e.coef, e.coef_step, e.coef_max, e.target, e.target_steps)
 
     def observe(self, entropy: float) -> float:
         """Record this step's entropy; return the coefficient for the next update."""

@@ -5,11 +5,13 @@ with the criteria it met and missed, and asked to revise. Revisions are graded a
 original rubric; a draft earns ``alpha * (best revision reward - its reward)`` as a bonus; the
 best revisions that beat the group overwrite ``replace_top_n`` random slots of the group,
 keeping the group id, so they are normalised with the on-policy samples. Their tokens get the
-shaped loss ``-A * rho / (rho + gamma)`` (:func:`shaped_surrogate`).
+shaped loss ``-A * rho / (rho + gamma)`` (:func:`shaped_surrogate`), a loss term of its own
+(:class:`RevisionSurrogate`) on the rows the batch marks ``revision``.
 
 Everything HeRL is lives here: the pure steps, the hindsight prompt (also used at test time by
-:mod:`explorl.improve`), the revision loss, and :class:`Hindsight`, which runs them on a scored
-batch given a way to collect (generate and score) and the policy's log-probs.
+:mod:`explorl.improve`), the revision term, and :class:`Hindsight`, whose :meth:`~Hindsight.plan`
+says what to revise and whose :meth:`~Hindsight.merge` turns the graded revisions into the batch
+to train on; the trainer collects the revisions in between.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from explorl.batch import ScoredBatch, TrainBatch
+from explorl.algorithms.terms import TermInputs, TermOutput
+from explorl.batch import Advantages, Rollout, ScoredBatch, TrainBatch
 from explorl.data import rubric_task
 from explorl.rewards.rubric import parse_rubric
-from explorl.rollout.engine import Rollout, left_pad
+from explorl.rollout.engine import left_pad
 
 DEFAULT_TEMPLATE = (
     "You are revising your own answer. Keep what already meets the criteria, fix what does "
@@ -50,8 +53,8 @@ def template_for(template: str | None, dataset) -> str:
         else DEFAULT_TEMPLATE
 
 
-Collect = Callable[..., ScoredBatch]  # (rows, prompt_ids, counts, temperatures, max_new_tokens)
 LogProbs = Callable[[Rollout], torch.Tensor]  # the policy's log-probs of a rollout's tokens
+Estimate = Callable[[TrainBatch, torch.Tensor], Advantages]  # an algorithm's advantages
 
 
 # --- the steps, pure ----------------------------------------------------------------------------
@@ -166,6 +169,23 @@ def revision_advantages(rewards: torch.Tensor, group_ids: torch.Tensor,
     return torch.where(ok, centred, torch.zeros_like(centred))
 
 
+class RevisionSurrogate:
+    """HeRL's loss term on the rows marked ``revision``: :func:`shaped_surrogate` against the
+    log-probs of the policy that wrote the revision (its behaviour log-probs when it was
+    written under another prompt than it is trained under)."""
+
+    name, coef, needs = "revision", 1.0, frozenset()
+
+    def __init__(self, gamma: float):
+        self.gamma = gamma
+
+    def __call__(self, x: TermInputs, coef: float) -> TermOutput:
+        b = x.batch
+        old = b.behaviour_logps if b.behaviour_logps is not None else \
+            x.logps.detach() if b.old_logps is None else b.old_logps
+        return TermOutput(coef * shaped_surrogate(x.logps, old, b.advantages, self.gamma))
+
+
 @dataclass
 class Sample:
     """One row's content to write into a rollout: prompt, completion, how it was drawn."""
@@ -199,6 +219,17 @@ def splice(rollout: Rollout, writes: dict[int, Sample], pad_id: int) -> Rollout:
 
 # --- the step -----------------------------------------------------------------------------------
 @dataclass
+class Plan:
+    """What HeRL will revise in a scored batch: the failed groups, the drafts (rows of the
+    batch), and the request that collects their revisions (``rows``, ``prompt_ids``,
+    ``counts``, ``temperatures``, ``max_new_tokens``; None when there is nothing to revise)."""
+
+    failed: list[int]
+    drafts: list[int]
+    request: tuple | None
+
+
+@dataclass
 class _Revisions:
     """Failed groups, their drafts and the graded revisions."""
 
@@ -213,7 +244,9 @@ class _Revisions:
 
 
 class Hindsight:
-    """HeRL's step on one scored batch (:meth:`augment`), and its revision loss.
+    """HeRL's step on one scored batch: :meth:`plan` the revisions, collect them (the
+    trainer), :meth:`merge` them into the batch to train on; :meth:`terms` adds the revision
+    term to the loss and :meth:`advantages` the chosen baseline.
 
     ``cfg`` is the :class:`explorl.config.HeRLConfig`; ``template`` the hindsight prompt;
     ``codec`` encodes it; ``max_new_tokens`` bounds a revision unless ``cfg.max_length`` does.
@@ -231,74 +264,73 @@ class Hindsight:
     def prompt(self, row: dict, draft: str, verdicts: list[bool]) -> list[int]:
         return hindsight_prompt(self.codec, self.template, row, draft, verdicts, self.lists)
 
-    def revision_loss(self, logps: torch.Tensor, behaviour_logps: torch.Tensor,
-                      advantages: torch.Tensor) -> torch.Tensor:
-        return shaped_surrogate(logps, behaviour_logps, advantages, self.cfg.gamma)
+    def terms(self) -> list:
+        return [RevisionSurrogate(self.cfg.gamma)]
 
     def advantages(self, batch: TrainBatch, loss_mask: torch.Tensor,
-                   algorithm_advantages: Callable[[TrainBatch, torch.Tensor], torch.Tensor]
-                   ) -> torch.Tensor:
-        """Per-token advantages of a batch HeRL changed: the algorithm's over the whole batch
-        (``baseline=group``), or over its on-policy rows alone with each revision's reward
-        centred on its group's on-policy mean (``baseline=on_policy``)."""
-        if self.cfg.baseline == "group" or not batch.revision.any():
-            return algorithm_advantages(batch, loss_mask)
-        on_policy = replace(batch, rewards=batch.rewards.masked_fill(batch.revision,
-                                                                     float("nan")))
-        advantages = algorithm_advantages(on_policy, loss_mask)
-        revised = revision_advantages(batch.rewards, batch.rollout.group_ids, batch.revision)
-        rows = batch.revision.unsqueeze(-1)
-        return torch.where(rows, revised.unsqueeze(-1) * loss_mask.to(advantages.dtype),
-                           advantages)
+                   estimate: Estimate) -> Advantages:
+        """The algorithm's estimate (``estimate(batch, loss_mask)``) for a batch HeRL changed:
+        over the whole batch (``baseline=group``), or over its on-policy rows alone with each
+        revision's reward centred on its group's on-policy mean (``baseline=on_policy``)."""
+        revision = batch.rows.get("revision")
+        if self.cfg.baseline == "group" or revision is None or not revision.any():
+            return estimate(batch, loss_mask)
+        on_policy = replace(batch, rewards=batch.rewards.masked_fill(revision, float("nan")))
+        out = estimate(on_policy, loss_mask)
+        revised = revision_advantages(batch.rewards, batch.rollout.group_ids, revision)
+        rows = revision.unsqueeze(-1)
+        return replace(out, advantages=torch.where(
+            rows, revised.unsqueeze(-1) * loss_mask.to(out.advantages.dtype), out.advantages))
 
-    def augment(self, batch: ScoredBatch, collect: Collect,
-                logprobs: LogProbs) -> tuple[TrainBatch, dict]:
-        """Revise the best drafts of failed groups under the hindsight prompt, pay drafts their
-        bonus and let accepted revisions overwrite random slots of their group. Returns the
-        batch to train on and ``herl/*`` metrics."""
+    def plan(self, batch: ScoredBatch) -> Plan:
+        """The failed groups and the drafts to revise (the best of each, most criteria met
+        first), with the request for their revisions under the hindsight prompt."""
         rewards, groups = batch.rewards.total, batch.rollout.group_ids
         grades = batch.rewards.grades or [None] * len(batch)
         num_met = torch.tensor([g.num_met if g else -1 for g in grades], device=groups.device)
         failed = failed_groups(rewards, groups, self.cfg.threshold)
         drafts = [c for g in failed for c in choose_candidates(
             rewards, num_met, groups, g, self.cfg.candidate_limit)]
-        metrics = {"herl/failed_groups": len(failed) / len(batch.rows),
-                   "herl/drafts": len(drafts), "herl/tokens": 0}
-        train_batch = TrainBatch(batch.rollout, rewards.clone(), batch.texts,
-                                 torch.zeros(len(batch), dtype=torch.bool,
-                                             device=groups.device), None,
-                                 [False] * len(batch))
         if not drafts or batch.rewards.grades is None:
-            return train_batch, metrics
-        revised = self._revise(batch, failed, drafts, collect)
-        gains = self._pay_bonus(train_batch, batch, revised)
-        accepted, beat = self._replace(train_batch, batch, revised)
-        if accepted and self.cfg.context != "hindsight":
-            train_batch.behaviour_logps = self._behaviour(train_batch, revised, accepted,
-                                                          logprobs)
-        metrics.update({
-            "herl/revisions": len(revised.batch),
-            "herl/revision_success": float(revised.batch.passed.float().mean()),
-            "herl/revision_gain": sum(gains) / len(gains) if gains else math.nan,
-            "herl/beat_group": beat / len(failed),
-            "herl/replaced": len(accepted),
-            "herl/revision_token_fraction": float(
-                train_batch.rollout.completion_mask[train_batch.revision].sum()
-                / train_batch.rollout.completion_mask.sum()),
-            "herl/tokens": revised.batch.generated_tokens,
-        })
-        return train_batch, metrics
-
-    def _revise(self, batch: ScoredBatch, failed: list[int], drafts: list[int],
-                collect: Collect) -> _Revisions:
-        """Guided regeneration of each draft, graded against its original rubric."""
-        groups = batch.rollout.group_ids
+            return Plan(failed, drafts, None)
         rows = [batch.rows[int(groups[d])] for d in drafts]
         contexts = [self.prompt(row, batch.texts[d], batch.rewards.grades[d].verdicts)
                     for row, d in zip(rows, drafts)]
-        out = collect(rows, contexts, [self.cfg.revisions] * len(drafts),
-                      [self.cfg.temperature] * len(drafts), self.max_new_tokens)
-        return _Revisions(failed, drafts, out)
+        return Plan(failed, drafts, (rows, contexts, [self.cfg.revisions] * len(drafts),
+                                     [self.cfg.temperature] * len(drafts),
+                                     self.max_new_tokens))
+
+    def merge(self, batch: ScoredBatch, plan: Plan, revisions: ScoredBatch | None,
+              logprobs: LogProbs) -> tuple[TrainBatch, dict]:
+        """Pay drafts their bonus and let accepted revisions overwrite random slots of their
+        group. ``logprobs`` gives the policy's log-probs of a rollout (the behaviour log-probs
+        of revisions trained under the original prompt). Returns the batch to train on and
+        ``herl/*`` metrics."""
+        revision = torch.zeros(len(batch), dtype=torch.bool, device=batch.rollout.group_ids.device)
+        train_batch = TrainBatch(batch.rollout, batch.rewards.total.clone(), batch.texts,
+                                 trained_under=[False] * len(batch))
+        metrics = {"herl/failed_groups": len(plan.failed) / len(batch.rows),
+                   "herl/drafts": len(plan.drafts), "herl/tokens": 0}
+        if revisions is not None:
+            revised = _Revisions(plan.failed, plan.drafts, revisions)
+            gains = self._pay_bonus(train_batch, batch, revised)
+            accepted, beat = self._replace(train_batch, revision, batch, revised)
+            if accepted and self.cfg.context != "hindsight":
+                train_batch.behaviour_logps = self._behaviour(train_batch, revised, accepted,
+                                                              logprobs)
+            metrics.update({
+                "herl/revisions": len(revisions),
+                "herl/revision_success": float(revisions.passed.float().mean()),
+                "herl/revision_gain": sum(gains) / len(gains) if gains else math.nan,
+                "herl/beat_group": beat / len(plan.failed),
+                "herl/replaced": len(accepted),
+                "herl/revision_token_fraction": float(
+                    train_batch.rollout.completion_mask[revision].sum()
+                    / train_batch.rollout.completion_mask.sum()),
+                "herl/tokens": revisions.generated_tokens,
+            })
+        train_batch.rows = {"policy": ~revision, "revision": revision}
+        return train_batch, metrics
 
     def _pay_bonus(self, train_batch: TrainBatch, batch: ScoredBatch,
                    revised: _Revisions) -> list[float]:
@@ -312,7 +344,7 @@ class Hindsight:
                 gains.append(max(known) - float(original[d]))
         return gains
 
-    def _replace(self, train_batch: TrainBatch, batch: ScoredBatch,
+    def _replace(self, train_batch: TrainBatch, revision: torch.Tensor, batch: ScoredBatch,
                  revised: _Revisions) -> tuple[list[tuple[int, int]], int]:
         """Accepted revisions overwrite random slots of their group (fallback: a copy of the
         best draft). Returns the (slot, revision row) pairs and the groups a revision beat."""
@@ -337,7 +369,7 @@ class Hindsight:
                     self.rng.sample(members, min(len(placed), len(members))), placed):
                 writes[slot] = self._trained_sample(batch, revised, members[0], k, context)
                 texts[slot], train_batch.rewards[slot] = revised.batch.texts[k], scores[k]
-                train_batch.revision[slot] = True
+                revision[slot] = True
                 train_batch.trained_under[slot] = True if context == "original" else \
                     self.codec.tokenizer.decode(writes[slot].prompt, skip_special_tokens=True)
                 accepted.append((slot, k))

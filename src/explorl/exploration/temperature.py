@@ -51,10 +51,11 @@ class EntropyKeeper:
 
     @classmethod
     def from_config(cls, cfg, vocab_size: int) -> EntropyKeeper:
-        """From a :class:`explorl.config.TrainConfig` (``temperature`` is where it starts)."""
+        """From a :class:`explorl.config.TrainConfig` (``temperature`` is where it starts,
+        ``entropy.target`` what it holds)."""
         e3 = cfg.e3
-        return cls(cfg.temperature, vocab_size, cfg.max_steps, target=e3.entropy_target,
-                   target_steps=e3.entropy_target_steps, ema=e3.entropy_ema,
+        return cls(cfg.temperature, vocab_size, cfg.max_steps, target=cfg.entropy.target,
+                   target_steps=cfg.entropy.target_steps, ema=e3.entropy_ema,
                    t_min=e3.temperature_min, t_max=e3.temperature_max,
                    anneal_fraction=e3.anneal_fraction, anneal_ratio=e3.anneal_ratio)
 

@@ -16,11 +16,11 @@ import inspect
 import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from explorl.batch import Rewards
 from explorl.data.loaders import columns_of
 from explorl.errors import UserError
 
@@ -84,31 +84,6 @@ class GradedReward(Protocol):
     def value(self, grade: Any) -> float:
         """The scalar reward of a grade (NaN for ``None``)."""
         ...
-
-
-@dataclass
-class Rewards:
-    total: torch.Tensor  # [N] weighted sum; NaN where the reward is unknown (masked)
-    per_func: dict[str, torch.Tensor]  # name -> [N], NaN where None or failed
-    masked: int  # samples whose reward is unknown (a function failed, or none applied)
-    errors: list[str]  # one line per failure, for the log
-    grades: list | None = None  # per-criterion grades of the first graded reward, if any
-    failed: int = 0  # samples where a function raised or gave a non-finite/unusable value
-
-    def to(self, device: torch.device | str) -> Rewards:
-        """The tensors on ``device``; counts, errors and grades as they are."""
-        return replace(self, total=self.total.to(device),
-                       per_func={k: v.to(device) for k, v in self.per_func.items()})
-
-    @classmethod
-    def concat(cls, parts: list[Rewards]) -> Rewards:
-        """Rows of ``parts`` in order (one batch scored in pieces)."""
-        grades = None if any(p.grades is None for p in parts) else [
-            g for p in parts for g in p.grades]
-        return cls(torch.cat([p.total for p in parts]),
-                   {k: torch.cat([p.per_func[k] for p in parts]) for k in parts[0].per_func},
-                   sum(p.masked for p in parts), [e for p in parts for e in p.errors], grades,
-                   sum(p.failed for p in parts))
 
 
 def _call(fn: Callable, n: int, kwargs: dict,

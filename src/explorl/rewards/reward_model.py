@@ -11,6 +11,7 @@ import torch
 
 from explorl.data.preferences import pair_text
 from explorl.errors import UserError
+from explorl.models.policy import disable_dropout, load_tokenizer, resolve_model_path
 
 
 def is_reward_model_path(spec) -> bool:
@@ -19,6 +20,42 @@ def is_reward_model_path(spec) -> bool:
         return False
     path = Path(spec)
     return (path / "config.json").exists() or (path / "final" / "config.json").exists()
+
+
+def load_reward_backbone(name: str):
+    """A causal LM (or a trained reward model) as a sequence classifier with one output."""
+    from transformers import AutoModelForSequenceClassification
+
+    tokenizer = load_tokenizer(name)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_model_path(name), num_labels=1, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model={name}: cannot load it as a reward model "
+                        f"({str(e).splitlines()[0]})") from None
+    model.config.pad_token_id = tokenizer.pad_token_id
+    disable_dropout(model)  # chosen and rejected are scored by the same function
+    return model, tokenizer
+
+
+def rewards_of(model, tokenizer, texts: list[str], max_length: int,
+               batch_size: int = 0) -> torch.Tensor:
+    """The model's scalar reward of each text, read at its last token (left padding)."""
+    out = []
+    size = batch_size or len(texts)
+    for s in range(0, len(texts), size):
+        ids = [tokenizer(t, add_special_tokens=False).input_ids[-max_length:]
+               for t in texts[s:s + size]]
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(input_ids)
+        for i, x in enumerate(ids):
+            input_ids[i, width - len(x):] = torch.tensor(x)
+            mask[i, width - len(x):] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids}
+        out.append(model(**{k: v.to(model.device) for k, v in inputs.items()}).logits[:, 0])
+    return torch.cat(out).float()
 
 
 class RewardModel:
@@ -39,16 +76,12 @@ class RewardModel:
             raise UserError(f"reward_funcs: {path} is not a reward model (a sequence classifier "
                             f"with one output; its architectures: {', '.join(kinds) or '?'}); "
                             "train one with explorl rm")
-        from explorl.rm import load_reward_backbone
-
         self.model, self.tokenizer = load_reward_backbone(str(folder))
         self.model.to(device).eval().requires_grad_(False)
         self.path, self.batch_size, self.max_length = str(folder), batch_size, max_length
 
     @torch.no_grad()
     def __call__(self, prompts, completions, completion_ids=None, **columns) -> list[float]:
-        from explorl.rm import rewards_of
-
         texts = [pair_text(self.tokenizer, p, c) for p, c in zip(prompts, completions)]
         if not texts:
             return []

@@ -1,5 +1,19 @@
-"""Rollout engines: generate completions for prompts, any number per prompt, any temperature."""
+"""Rollout engines: generate completions for prompts, any number per prompt, any temperature.
 
-from explorl.rollout.engine import HFEngine, Rollout, RolloutEngine
+``build_engine`` picks the one a config names; the engines themselves know nothing of configs.
+"""
 
-__all__ = ["HFEngine", "Rollout", "RolloutEngine"]
+from explorl.batch import Rollout
+from explorl.rollout.engine import HFEngine, RolloutEngine
+
+
+def build_engine(cfg, model, tokenizer) -> RolloutEngine:
+    """The engine ``cfg.engine`` names, at ``cfg.top_p``."""
+    if cfg.engine == "fast":
+        from explorl.rollout.fast import FastEngine
+
+        return FastEngine(model, tokenizer, top_p=cfg.top_p)
+    return HFEngine(model, tokenizer, top_p=cfg.top_p)
+
+
+__all__ = ["HFEngine", "Rollout", "RolloutEngine", "build_engine"]

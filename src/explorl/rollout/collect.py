@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from explorl.batch import ScoredBatch
-from explorl.rewards.base import Rewards, Scorer
-from explorl.rollout.engine import Rollout, RolloutEngine
+from explorl.batch import Rewards, Rollout, ScoredBatch
+from explorl.rewards.base import Scorer
+from explorl.rollout.engine import RolloutEngine
 
 
 class Collector:

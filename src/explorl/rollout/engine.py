@@ -9,94 +9,12 @@ also decodes greedily, for evaluation and test-time revision. The trainer, evalu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
 from typing import Protocol
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-
-@dataclass
-class Rollout:
-    """Samples of one step, one row each, grouped by the prompt they answer.
-
-    ``prompt_ids`` are left-padded, ``completion_ids`` right-padded; ``completion_mask`` covers
-    the tokens up to and including the first EOS. ``group_ids[i]`` is the index of row i's
-    prompt in the request.
-    """
-
-    prompt_ids: torch.Tensor  # [N, Lp] long
-    prompt_mask: torch.Tensor  # [N, Lp] long
-    completion_ids: torch.Tensor  # [N, Lc] long
-    completion_mask: torch.Tensor  # [N, Lc] long
-    temperatures: torch.Tensor  # [N] float
-    group_ids: torch.Tensor  # [N] long
-    truncated: torch.Tensor  # [N] bool: no EOS within max_new_tokens
-
-    def __len__(self) -> int:
-        return self.completion_ids.shape[0]
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.completion_mask.sum(-1)
-
-    def completions(self) -> list[list[int]]:
-        """Each row's completion token ids, without padding."""
-        return [row[: int(n)] for row, n in zip(self.completion_ids.tolist(),
-                                                self.lengths.tolist())]
-
-    def prompt(self, i: int) -> list[int]:
-        """Row ``i``'s prompt token ids, without padding."""
-        return self.prompt_ids[i][self.prompt_mask[i].bool()].tolist()
-
-    def to(self, device: torch.device | str) -> Rollout:
-        """Every field on ``device``."""
-        return Rollout(*(getattr(self, f.name).to(device) for f in fields(self)))
-
-    def trimmed(self) -> Rollout:
-        """The same rows without the columns that are padding in every row (left of the
-        prompts, right of the completions)."""
-        if not len(self):
-            return self
-        prompt_width = int(self.prompt_mask.sum(-1).max())
-        completion_width = int(self.lengths.max())
-        start = self.prompt_ids.shape[1] - prompt_width
-        return replace(self, prompt_ids=self.prompt_ids[:, start:],
-                       prompt_mask=self.prompt_mask[:, start:],
-                       completion_ids=self.completion_ids[:, :completion_width],
-                       completion_mask=self.completion_mask[:, :completion_width])
-
-    def select(self, rows) -> Rollout:
-        """The rows ``rows`` (a slice, indices or a bool mask), every field alike."""
-        return Rollout(*(getattr(self, f.name)[rows] for f in fields(self)))
-
-    @classmethod
-    def empty(cls) -> Rollout:
-        ids = torch.zeros(0, 0, dtype=torch.long)
-        return cls(ids, ids, ids, ids, torch.zeros(0), torch.zeros(0, dtype=torch.long),
-                   torch.zeros(0, dtype=torch.bool))
-
-    @classmethod
-    def concat(cls, parts: list[Rollout], pad_id: int) -> Rollout:
-        """Rows of ``parts`` in order (prompts re-left-padded, completions right-padded to the
-        widest); group ids are kept as they are."""
-        parts = [p for p in parts if len(p)] or parts[:1]
-        width_p = max(p.prompt_ids.shape[1] for p in parts)
-        width_c = max(p.completion_ids.shape[1] for p in parts)
-
-        def left(t, fill):
-            return torch.nn.functional.pad(t, (width_p - t.shape[1], 0), value=fill)
-
-        def right(t, fill):
-            return torch.nn.functional.pad(t, (0, width_c - t.shape[1]), value=fill)
-
-        return cls(torch.cat([left(p.prompt_ids, pad_id) for p in parts]),
-                   torch.cat([left(p.prompt_mask, 0) for p in parts]),
-                   torch.cat([right(p.completion_ids, pad_id) for p in parts]),
-                   torch.cat([right(p.completion_mask, 0) for p in parts]),
-                   torch.cat([p.temperatures for p in parts]),
-                   torch.cat([p.group_ids for p in parts]),
-                   torch.cat([p.truncated for p in parts]))
+from explorl.batch import Rollout
 
 
 class RolloutEngine(Protocol):
@@ -113,15 +31,6 @@ class RolloutEngine(Protocol):
     def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """The greedy completion of each prompt (token ids up to, not including, EOS)."""
         ...
-
-
-def build_engine(cfg, model, tokenizer) -> RolloutEngine:
-    """The engine ``cfg.engine`` names, at ``cfg.top_p``."""
-    if cfg.engine == "fast":
-        from explorl.rollout.fast import FastEngine  # it builds on this module
-
-        return FastEngine(model, tokenizer, top_p=cfg.top_p)
-    return HFEngine(model, tokenizer, top_p=cfg.top_p)
 
 
 class _RowTemperature(LogitsProcessor):

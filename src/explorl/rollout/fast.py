@@ -22,9 +22,9 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from explorl.batch import Rollout
 from explorl.models.policy import positions
 from explorl.rollout.engine import (
-    Rollout,
     completion_mask_from,
     eos_token_ids,
     left_pad,

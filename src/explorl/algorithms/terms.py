@@ -1,0 +1,97 @@
+"""Loss terms: the update's loss is the sum of named terms over the tokens each one covers.
+
+A term is a small object with a ``name``, a default coefficient ``coef`` and ``needs`` (what
+the update must prepare for it: ``ref_logps``, ``entropy_grad``); calling it on
+:class:`TermInputs` with this step's coefficient gives a :class:`TermOutput`, its signed and
+weighted per-token contribution. Which rows a term covers is data on the batch
+(``UpdateBatch.rows[name]``; no key: every row), not a branch in the update, so a method adds
+a term (HeRL's revision term, :mod:`explorl.exploration.hindsight`) without touching
+:mod:`explorl.algorithms.update`. The math stays in :mod:`explorl.algorithms.losses`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from explorl.algorithms.losses import kl_estimate
+from explorl.batch import UpdateBatch
+
+
+@dataclass
+class TermInputs:
+    """What a term reads for one micro-batch."""
+
+    logps: torch.Tensor  # [n, L] the policy's log-probs at the sampling temperature, with grad
+    entropy: torch.Tensor | None  # [n, L] (with grad when a term needs ``entropy_grad``)
+    batch: UpdateBatch  # the micro-batch: advantages, old/ref/behaviour log-probs, rows
+    mask: torch.Tensor  # [n, L] the tokens that carry the loss (none in a filler pass)
+
+
+@dataclass
+class TermOutput:
+    per_token: torch.Tensor  # [n, L] the term's contribution to the loss, signed and weighted
+    clipped: torch.Tensor | None = None  # [n, L] bool: where clipping bound it
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # token sums to report
+
+
+class LossTerm(Protocol):
+    name: str
+    coef: float
+    needs: frozenset[str]
+
+    def __call__(self, x: TermInputs, coef: float) -> TermOutput: ...
+
+
+PolicyLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                      tuple[torch.Tensor, torch.Tensor]]
+"""(logps, old_logps, advantages, mask) -> (per-token loss, where clipping bound it)."""
+
+
+class PolicyGradient:
+    """The algorithm's policy-gradient surrogate (clip, dual clip, GSPO, CISPO, PPO's clip) on
+    the rows marked ``policy`` (all when unmarked); with ``top_entropy_quantile`` only on the
+    tokens ``policy_mask`` keeps. The ratio's denominator is the sampling policy's log-probs,
+    or the current ones detached when one optimizer step makes the ratio exactly 1."""
+
+    name, coef, needs = "policy", 1.0, frozenset()
+
+    def __init__(self, loss: PolicyLoss):
+        self.loss = loss  # the algorithm's ``policy_loss``
+
+    def __call__(self, x: TermInputs, coef: float) -> TermOutput:
+        b = x.batch
+        old = x.logps.detach() if b.old_logps is None else b.old_logps
+        per_token, clipped = self.loss(x.logps, old, b.advantages, x.mask)
+        if b.policy_mask is not None:  # the other tokens carry none
+            per_token = per_token * b.policy_mask
+        return TermOutput(per_token, clipped)
+
+
+class KLPenalty:
+    """``beta * KL(pi || ref)`` per token (k1 or k3 estimate), on every trained token."""
+
+    name, needs = "kl", frozenset({"ref_logps"})
+
+    def __init__(self, beta: float, estimator: str):
+        self.coef, self.estimator = beta, estimator
+
+    def __call__(self, x: TermInputs, coef: float) -> TermOutput:
+        kl = kl_estimate(x.logps, x.batch.ref_logps, self.estimator)
+        return TermOutput(coef * kl, sums={"kl": (kl.detach() * x.mask).sum()})
+
+
+class EntropyBonus:
+    """``-coef * H`` per token: a bonus for spread-out distributions (its coefficient may be
+    adapted between steps, :mod:`explorl.exploration.entropy_bonus`)."""
+
+    name, needs = "entropy", frozenset({"entropy_grad"})
+
+    def __init__(self, coef: float):
+        self.coef = coef
+
+    def __call__(self, x: TermInputs, coef: float) -> TermOutput:
+        return TermOutput(-coef * x.entropy)
