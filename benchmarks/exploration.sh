@@ -18,10 +18,11 @@ ARITH=(--seeds 3 --output runs/exploration/arithmetic --set learning_rate=2e-4
        --set eval_pass_k=1,4,16 --set save_every=0 --set plots=false --set progress=false)
 # HeRL training revisions under both prompts, revisions kept out of the group's statistics
 HERL_ON_POLICY="grpo+herl_both_on_policy:loss_type=grpo,advantage_estimator=grpo,"\
-"scale_rewards=group,method=herl,herl.context=both,herl.baseline=on_policy"
+"scale_rewards=group,method=herl,herl.teach=revise,herl.context=both,herl.baseline=on_policy"
 stage=${1:-all}
 if [[ $stage == rare || $stage == all ]]; then
-  ( $EXPLORL compare grpo grpo+herl grpo+herl_blank grpo+herl_original grpo+top_entropy \
+  ( $EXPLORL compare grpo grpo+herl_reference grpo+herl_reference+herl_blank \
+        grpo+herl_original grpo+top_entropy \
         grpo+e3_budget "${RARE[@]}" ) &
   ( $EXPLORL compare grpo+herl_both "$HERL_ON_POLICY" grpo+dynamic_sampling \
         grpo+adaptive_entropy grpo+e3_temperature "${RARE[@]}" ) &

@@ -1,7 +1,6 @@
 """Figures and tables for the HeRL comparison, from folders ``explorl compare`` wrote.
 
-    explorl compare base:method=grpo herl_hindsight herl herl_original herl_blank --seeds 3 \
-        --output runs/herl/rubric --set dataset=rubric --set rubric_reward=strict ...
+    bash benchmarks/herl_compare.sh   (the reference's revisions: herl.teach=revise)
     python benchmarks/herl_report.py runs/herl docs/img/herl
 
 For each task folder under the root: held-out strict success and dense reward against generated

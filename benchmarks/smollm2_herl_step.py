@@ -30,7 +30,8 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(None, [
-            "model=smollm2", "method=herl", "prompts_per_step=4", "num_generations=4",
+            "model=smollm2", "method=herl", "herl.teach=revise", "prompts_per_step=4",
+            "num_generations=4",
             "max_completion_length=64", "eval_size=1", "task_train_size=64", "progress=false",
             "plots=false", f"output_dir={out}", *sys.argv[1:]])
         trainer = Trainer(cfg)

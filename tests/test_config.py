@@ -117,4 +117,4 @@ def test_train_help_lists_every_key_by_section(capsys):
         for f in dataclasses.fields(cls):
             if f.name not in sections:
                 assert f"  {prefix}{f.name}: " in text, f.name
-    assert "\nherl: HeRL, hindsight revisions of failed groups" in text
+    assert "\nherl: HeRL, learning from failure with hindsight" in text

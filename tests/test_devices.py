@@ -26,7 +26,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src" / "explorl")
 FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.tensor,
              torch.as_tensor, torch.rand, torch.randn, torch.randint, torch.linspace, torch.eye}
 # Built from Python values on purpose, then moved to the device by their callers
-BUILT_ON_CPU = {"left_pad", "splice", "compute_rewards", "_no_rewards", "generate"}
+BUILT_ON_CPU = {"left_pad", "splice", "build_rollout", "compute_rewards", "_no_rewards",
+                "generate"}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 
@@ -57,8 +58,13 @@ def small(tmp_path, name: str, **overrides) -> TrainConfig:
 
 STEPS = {  # every part of the step: GRPO, HeRL's revisions, E3's controllers, PPO's critic
     "grpo": dict(beta=0.04, num_iterations=2),
-    "herl+e3": dict(method="herl+e3", herl=HeRLConfig(accept="equal", context="original"),
+    "herl+e3": dict(method="herl+e3", herl=HeRLConfig(accept="equal", context="original",
+                                                       teach="revise"),
                     e3=E3Config(budget=True, adaptive_temperature=True)),
+    # self-distillation from a frozen guide, E3's pilot, revisions replayed in the SFT term
+    "herl_distill+pilot": dict(method="herl+e3", e3=E3Config(adaptive_temperature=False),
+                               herl=HeRLConfig(teach="both", context="original", sft_coef=1.0,
+                                               sft_buffer=4, accept="equal")),
     "ppo": dict(method="ppo"),
 }
 

@@ -158,7 +158,8 @@ def run_hindsight(tok, revised, texts=None, groups=None, logprobs=None,
     counts = [groups.count(g) for g in range(len(ROWS))]
     batch = collector(tok, texts, mode)(ROWS, prompts, counts,
                                         [group_temperature] * len(ROWS), 8)
-    herl = Hindsight(HeRLConfig(**knobs), codec, DEFAULT_TEMPLATE, 8, seed=0)
+    herl = Hindsight(HeRLConfig(**{"teach": "revise", **knobs}), codec, DEFAULT_TEMPLATE, 8,
+                     seed=0)
     collect = collector(tok, revised, mode)
     logprobs = logprobs or (lambda rollout: -torch.ones(rollout.completion_ids.shape))
     plan = herl.plan(batch)
@@ -301,7 +302,7 @@ def test_gamma_shapes_the_revision_loss(tmp_path):
         t = Trainer(TrainConfig(output_dir=str(tmp_path / "run"), method="herl",
                                 dataset=[dict(r, rubric=RUBRIC) for r in ROWS],
                                 reward_funcs=["rubric"], progress=False, plots=False,
-                                herl=HeRLConfig(gamma=gamma)))
+                                herl=HeRLConfig(gamma=gamma, teach="revise")))
         rollout = make_rollout(t.tokenizer, [t.prompt_ids[g] for g in GROUPS], SAMPLES, GROUPS)
         revision = torch.tensor([False, True, False, False, False])
         rewards = torch.tensor([0.5, 1.0, 0.0, 1.0, 0.0])
@@ -330,7 +331,8 @@ def test_herl_needs_a_rubric_reward(tmp_path):
 def test_herl_run_revises_and_updates(tmp_path):
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), method="herl", max_steps=4,
                       prompts_per_step=8, num_generations=4, eval_size=20, task_train_size=100,
-                      learning_rate=1e-3, herl=HeRLConfig(accept="equal"), progress=False,
+                      learning_rate=1e-3, herl=HeRLConfig(accept="equal", teach="revise"),
+                      progress=False,
                       plots=False,
                       save_every=2, log_completions_every=1)
     trainer = Trainer(cfg)

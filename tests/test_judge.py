@@ -459,3 +459,37 @@ def test_training_with_a_judge_never_writes_the_key(server, tmp_path, monkeypatc
     assert len(written) > 10
     for path in written:
         assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_self_distillation_takes_its_lists_from_the_judge(server, tmp_path, monkeypatch):
+    """HeRL's teacher prompts are built from the judge's verdicts: a failed sample's hindsight
+    names the criterion the judge said it missed, and the run trains on it."""
+    from explorl import TrainConfig, Trainer
+    from explorl.batch import TrainBatch
+    from explorl.config import HeRLConfig, JudgeConfig
+    from explorl.exploration.distill import distillation_targets
+
+    monkeypatch.setenv("JUDGE_TEST_KEY", KEY)
+    rubric = [{"description": "Mentions 1", "check": "judge"},
+              {"description": "short", "check": "max_chars", "args": {"n": 8}}]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "rubric": rubric}) + "\n"
+                            for i in range(8)))
+    judge = JudgeConfig(url=server.url, model="judge-model", api_key_env="JUDGE_TEST_KEY")
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), dataset=str(data), method="herl",
+                      reward_funcs=["rubric"], rubric_reward="strict", max_steps=2,
+                      prompts_per_step=2, num_generations=4, judge=judge, progress=False,
+                      plots=False, herl=HeRLConfig(distill_coef=1.0))
+    trainer = Trainer(cfg)
+    batch = trainer._collect(1, [0, 1], [4, 4], 1.0)
+    prompts = []
+    trainer.hindsight.prompt = lambda row, draft, verdicts: prompts.append(
+        (draft, verdicts)) or trainer.codec.encode(row["prompt"])
+    taught, metrics = distillation_targets(trainer.hindsight, batch, TrainBatch.of(batch),
+                                           trainer.guide_logprobs)
+    assert metrics["herl/distilled"] == len(prompts) > 0
+    judged = [g.verdicts for g in batch.rewards.grades]
+    assert all(v in judged and not all(v) for _, v in prompts)  # the judge's own verdicts
+    summary = Trainer(cfg).train()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["steps"] == 2 and all(r["herl/distilled"] > 0 for r in rows)

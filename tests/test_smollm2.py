@@ -81,7 +81,8 @@ def test_two_herl_steps_revise_and_update(tmp_path):
     trainer = Trainer(TrainConfig(), model="smollm2-135m-instruct", method="herl",
                       output_dir=str(tmp_path / "run"), prompts_per_step=prompts,
                       num_generations=4, max_completion_length=16,
-                      herl=HeRLConfig(candidate_limit=2, accept="equal"), eval_size=1,
+                      herl=HeRLConfig(candidate_limit=2, accept="equal", teach="revise"),
+                      eval_size=1,
                       task_train_size=50, progress=False, plots=False)
     assert trainer.cfg.dataset == "rubric" and trainer.codec.has_template  # instruct: chat template
     before = [p.detach().clone() for p in trainer.model.parameters()]

@@ -84,7 +84,7 @@ def test_per_prompt_counts_and_temperatures(tmp_path):
 @pytest.mark.parametrize("extra", [
     {},
     # HeRL's slot choice and E3's difficulty statistics and temperature must survive too
-    dict(method="herl+e3", herl=HeRLConfig(accept="equal"),
+    dict(method="herl+e3", herl=HeRLConfig(accept="equal", teach="revise"),
          e3=E3Config(budget_min=2, budget_max=6),
          entropy=EntropyConfig(target_steps=1)),
 ])

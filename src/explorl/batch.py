@@ -143,6 +143,8 @@ class Normalizer:
     num_sequences: int  # rows of the batch, masked ones included (TRL's convention)
     num_tokens: int  # trained tokens in the batch
     max_completion_length: int
+    row_tokens: dict[str, int] = field(default_factory=dict)  # trained tokens of each named
+    # row set, for terms that are a mean over their own rows' tokens
 
 
 @dataclass
@@ -163,6 +165,19 @@ class ScoredBatch:
     def generated_tokens(self) -> int:
         return int(self.rollout.completion_mask.sum())
 
+    def joined(self, other: ScoredBatch, groups: list[int], pad_id: int) -> ScoredBatch:
+        """This batch with ``other``'s samples after it: more samples of this request's
+        prompts, ``other``'s group ``g`` being this one's ``groups[g]``."""
+        rollout = replace(other.rollout, group_ids=torch.tensor(
+            groups, dtype=torch.long, device=other.rollout.group_ids.device)[
+                other.rollout.group_ids])
+        seconds = {k: self.seconds.get(k, 0.0) + other.seconds.get(k, 0.0)
+                   for k in {**self.seconds, **other.seconds}}
+        return ScoredBatch(Rollout.concat([self.rollout, rollout], pad_id), self.rows,
+                           self.texts + other.texts,
+                           Rewards.concat([self.rewards, other.rewards]),
+                           torch.cat([self.passed, other.passed]), seconds)
+
     def passes_by_prompt(self) -> list[list[bool]]:
         """Pass flags of each prompt's samples whose reward is known."""
         known = ~self.rewards.total.isnan()
@@ -178,7 +193,8 @@ class TrainBatch:
     the revision term, the others the policy gradient); a term whose name is not a key covers
     every row. ``behaviour_logps`` are the log-probs of the policy that wrote a row, where it is
     not the policy that samples under the row's prompt (a revision written under a hindsight
-    prompt and trained under the original one); None where no row needs them.
+    prompt and trained under the original one); None where no row needs them. ``teacher_*``: a
+    distillation target at each completion position of the rows marked ``distill``.
     """
 
     rollout: Rollout
@@ -188,6 +204,8 @@ class TrainBatch:
     behaviour_logps: torch.Tensor | None = None  # [N, L]
     trained_under: list | None = None  # per row, for the completions log: False, or the
     # prompt a revision is trained under (True: the original one)
+    teacher_ids: torch.Tensor | None = None  # [N, L, K] a teacher's top K tokens per position
+    teacher_logps: torch.Tensor | None = None  # [N, L, K] and their log-probs (distillation)
 
     @classmethod
     def of(cls, batch: ScoredBatch) -> TrainBatch:
@@ -238,6 +256,8 @@ class UpdateBatch:
     rows: dict[str, torch.Tensor] = field(default_factory=dict)  # term name -> [n] bool
     policy_mask: torch.Tensor | None = None  # [n, L]: tokens that carry the policy loss
     # (top_entropy_quantile < 1); None: every token of loss_mask
+    teacher_ids: torch.Tensor | None = None  # [n, L, K]
+    teacher_logps: torch.Tensor | None = None  # [n, L, K]
 
     def __len__(self) -> int:
         return len(self.rollout)
@@ -258,8 +278,9 @@ class UpdateBatch:
         """The rows ``rows`` as a batch of their own: a mini-batch, with its own counts."""
         parts = self._rows(rows)
         rollout = self.rollout.select(rows)
-        norm = Normalizer(int(parts["loss_mask"].shape[0]), int(parts["loss_mask"].sum()),
-                          self.norm.max_completion_length)
+        mask = parts["loss_mask"]
+        norm = Normalizer(int(mask.shape[0]), int(mask.sum()), self.norm.max_completion_length,
+                          {k: int(mask[v].sum()) for k, v in parts["rows"].items()})
         return UpdateBatch(rollout=rollout, norm=norm,
                            generated_tokens=int(rollout.completion_mask.sum()), **parts)
 

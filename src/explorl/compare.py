@@ -2,7 +2,9 @@
 
 A SPEC is a preset name (``grpo``, ``dapo``, ``dr_grpo``, ``rloo``, ``gspo``, ``cispo``, ``ppo``,
 ``ilql``, ``filtered_bc`` (offline: give them ``dataset=samples.jsonl``), ``e3_budget``,
-``e3_budget_mixed``, ``e3_temperature``, ``e3``, ``herl``, ``herl_both``, ``herl_on_policy``, the
+``e3_budget_mixed``, ``e3_temperature``, ``e3``, ``herl`` (hindsight self-distillation),
+``herl_reference`` (the reference's revisions), ``herl_blank`` (the blank-list control of
+either), ``herl_both``, ``herl_on_policy``, ``herl_negatives``, ``herl_luffy``, ``herl_sft``, the
 exploration baselines ``clip_higher``, ``dynamic_sampling``, ``top_entropy``,
 ``adaptive_entropy``, ...), presets joined with ``+``
 (their methods are joined too: ``herl+e3``), or ``label:key=value,key=value``. Each
@@ -34,11 +36,19 @@ PRESETS: dict[str, list[str]] = {
     "e3_temperature": ["method=e3", "e3.budget=false"],
     "e3": ["method=e3"],
     "herl": ["method=herl"],
-    "herl_hindsight": ["method=herl", "herl.bonus_alpha=0"],
-    "herl_original": ["method=herl", "herl.context=original"],
+    "herl_distill": ["method=herl", "herl.teach=distill"],
+    "herl_reference": ["method=herl", "herl.teach=revise"],
+    "herl_hindsight": ["method=herl", "herl.teach=revise", "herl.bonus_alpha=0"],
+    "herl_original": ["method=herl", "herl.teach=revise", "herl.context=original"],
     "herl_blank": ["method=herl", "herl.blank_hindsight=true"],
-    "herl_both": ["method=herl", "herl.context=both"],
-    "herl_on_policy": ["method=herl", "herl.baseline=on_policy"],
+    "herl_both": ["method=herl", "herl.teach=revise", "herl.context=both"],
+    "herl_on_policy": ["method=herl", "herl.teach=revise", "herl.baseline=on_policy"],
+    "herl_negatives": ["method=herl", "herl.teach=revise", "herl.revision_loss=none"],
+    "herl_luffy": ["method=herl", "herl.teach=revise", "herl.context=original",
+                   "herl.revision_loss=luffy", "herl.gamma=0.1", "scale_rewards=none"],
+    "herl_sft": ["method=herl", "herl.teach=revise", "herl.context=original",
+                 "herl.revision_loss=none", "herl.sft_coef=1.0", "herl.guide=initial",
+                 "herl.baseline=on_policy"],
     "clip_higher": ["epsilon_high=0.28"],
     "dynamic_sampling": ["method=dynamic_sampling"],
     "top_entropy": ["entropy.top_quantile=0.2"],

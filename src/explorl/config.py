@@ -32,14 +32,21 @@ Need = Callable[[bool, str, str], None]  # need(ok, key, message) raises when no
 
 @dataclass
 class HeRLConfig:
-    """HeRL, hindsight revisions of failed groups (Experience is the Best Teacher, 2025); on
+    """HeRL, learning from failure with hindsight (Experience is the Best Teacher, 2025); on
     with ``method=herl``.
 
-    When no sample of a group meets the whole rubric, the policy revises its best failed draft
-    shown the criteria it met and missed; accepted revisions are trained on, drafts that revise
-    well earn a bonus. See :mod:`explorl.exploration.hindsight`.
+    A failed sample is shown to a guide with the criteria it met and missed. By default
+    (``teach=distill``) the guide so informed is a teacher that re-scores the sample token by
+    token and the policy, given only the prompt, is distilled towards it
+    (:mod:`explorl.exploration.distill`); with ``teach=revise`` (the reference) the guide
+    revises the best failed drafts, accepted revisions are trained on and drafts that revise
+    well earn a bonus (:mod:`explorl.exploration.hindsight`).
     """
 
+    teach: Literal["distill", "revise", "both"] = "distill"
+    """How hindsight reaches the policy: ``distill``, hindsight self-distillation of every
+    failed sample (the best measured, docs/exploration-pays.md); ``revise``, the reference's
+    revisions (the options below from ``candidate_limit`` to ``sft_buffer``); ``both``."""
     threshold: float = 1.0
     """A group failed when its best reward is below this."""
     candidate_limit: int = 16
@@ -79,11 +86,75 @@ class HeRLConfig:
     placeholders). Default: the built-in task's own, else the reference-style one. Rendered
     through the chat template when the tokenizer has one."""
     blank_hindsight: bool = False
-    """Control: leave the met and unmet lists empty in the hindsight prompt."""
+    """Control: leave the met and unmet lists empty in the hindsight prompt (the teacher's
+    too)."""
+    revision_loss: Literal["shaped", "luffy", "none"] = "shaped"
+    """The policy-gradient term on revision rows: ``shaped``, ``-A * f(rho)`` with rho the
+    importance ratio against the policy that wrote the revision (the reference); ``luffy``,
+    ``-A * f(p)`` with p the token's current probability, the behaviour probability taken as 1
+    (LUFFY, arXiv 2504.14945; Critique-GRPO, arXiv 2506.03106: there with ``gamma=0.1``, no
+    clipping and no std scaling, ``scale_rewards=none``); ``none``: no such term (the revision
+    still sits in its group's statistics). ``f(x) = x / (x + gamma)``."""
+    sft_coef: float = 0.0
+    """Weight of a supervised term ``-sft_coef * log pi(z_t | x)`` on accepted revisions under
+    the original prompt (as ExPO, ReLIFT and CHORD train guided samples); 0: off. Needs
+    ``context`` original or both."""
+    sft_decay: Literal["constant", "linear"] = "constant"
+    """``linear``: the supervised weight falls to 0 at ``max_steps``."""
+    sft_buffer: int = 0
+    """The most recent accepted revisions kept and replayed every step in the supervised term
+    (as rows of their own, outside every group); 0: this step's only."""
+    guide: Literal["auto", "policy", "initial", "ema"] = "auto"
+    """Who teaches and writes revisions: the policy itself, its frozen initial weights, or an
+    EMA of the policy (:mod:`~explorl.exploration.guide`; a revise mode that training the
+    direct answer cannot wear down). ``auto``: ``initial`` when distilling, ``policy`` under
+    ``teach=revise`` (the reference)."""
+    guide_ema: float = 0.01
+    """The EMA guide's rate per optimizer step, in (0, 1]."""
+    distill_coef: float = 10.0
+    """Weight of hindsight self-distillation (``teach`` distill or both): on every failed
+    sample, per token, a divergence between the student (the policy given the original prompt)
+    and the teacher (the guide given the hindsight prompt built from that very sample, its met
+    and unmet criteria), over the vocabulary (SDPO, arXiv 2601.20802)."""
+    distill_divergence: Literal["jsd", "reverse_kl"] = "jsd"
+    distill_beta: float = 0.5
+    """The JSD's mixing weight on the teacher, in (0, 1)."""
+    distill_top_k: int = 64
+    """Teacher tokens kept per position; the rest of each distribution is one tail bucket (a
+    150k vocabulary needs no [tokens, vocabulary] tensor)."""
+
+    @property
+    def guide_kind(self) -> str:
+        """``guide`` with ``auto`` resolved."""
+        if self.guide != "auto":
+            return self.guide
+        return "policy" if self.teach == "revise" else "initial"
+
+    @property
+    def revises(self) -> bool:
+        return self.teach != "distill"
+
+    @property
+    def distils(self) -> bool:
+        return self.teach != "revise"
 
     def check(self, need: Need, cfg: TrainConfig) -> None:
-        for key in ("candidate_limit", "revisions", "replace_top_n"):
+        for key in ("candidate_limit", "replace_top_n", "distill_top_k"):
             need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        need(self.revisions >= 1, "revisions", f"must be >= 1, got {self.revisions}")
+        need(self.teach == "revise" or self.distill_coef > 0, "distill_coef",
+             f"teach={self.teach} distils: must be > 0, got {self.distill_coef}")
+        need(self.sft_coef >= 0, "sft_coef", f"must be >= 0, got {self.sft_coef}")
+        need(self.sft_buffer >= 0, "sft_buffer", f"must be >= 0, got {self.sft_buffer}")
+        need(self.sft_coef == 0 or self.context != "hindsight" and self.teach != "distill",
+             "sft_coef", "the supervised term trains revisions under the original prompt: set "
+             "teach=revise (or both) and context=original (or both)")
+        need(self.sft_buffer == 0 or self.sft_coef > 0, "sft_buffer", "replays revisions in "
+             "the supervised term: set sft_coef > 0")
+        need(0 < self.guide_ema <= 1, "guide_ema", f"must be in (0, 1], got {self.guide_ema}")
+        need(self.distill_coef >= 0, "distill_coef", f"must be >= 0, got {self.distill_coef}")
+        need(0 < self.distill_beta < 1, "distill_beta", f"must be in (0, 1), got "
+             f"{self.distill_beta}")
         need(self.max_length is None or self.max_length >= 1, "max_length",
              "must be >= 1 (or none)")
         need(self.temperature > 0, "temperature", "must be > 0")
@@ -110,9 +181,15 @@ class E3Config:
 
     budget: bool = True
     """Per-prompt sample counts from difficulty statistics, same total per step."""
-    budget_rule: Literal["rank", "mixed"] = "rank"
-    """``rank``: the paper's rank rule (cut zero-advantage rollouts most in docs/e3.md);
-    ``mixed``: maximise the expected number of mixed-outcome groups."""
+    budget_rule: Literal["rank", "mixed", "pilot"] = "rank"
+    """``rank``: the paper's rank rule, from the second pass over the data (its bounds are
+    ``num_generations`` on both sides in the first, so there ``pilot`` acts when
+    ``pilot_samples > 0``); ``mixed``: maximise the expected number of mixed-outcome groups from
+    pass-rate estimates; ``pilot``: every step a pilot of ``pilot_samples`` per prompt, then
+    the rest of the same total to the prompts whose pilot came out all right or all wrong."""
+    pilot_samples: int = 2
+    """Samples per prompt in the pilot (0: no pilot; the rank rule then gives every prompt
+    num_generations in the first pass, as in the paper)."""
     budget_min: int = 4
     budget_max: int = 12
     """Hard bounds on samples per prompt (for ``rank``, where its bounds schedule ends)."""
@@ -144,6 +221,11 @@ class E3Config:
                  f"({cfg.num_generations}) <= budget_max ({self.budget_max}); a group of one "
                  "has no baseline")
             need(self.budget_delta >= 0, "budget_delta", "must be >= 0")
+            need(0 <= self.pilot_samples < cfg.num_generations, "pilot_samples",
+                 f"must be in [0, num_generations) = [0, {cfg.num_generations}): the pilot "
+                 f"is part of each prompt's budget, got {self.pilot_samples}")
+            need(self.budget_rule != "pilot" or self.pilot_samples >= 1, "pilot_samples",
+                 "budget_rule=pilot needs a pilot: pilot_samples >= 1")
             need(self.budget_prior_strength > 0, "budget_prior_strength", "must be > 0")
         if self.adaptive_temperature:
             need(0 < self.temperature_min <= cfg.temperature <= self.temperature_max,
@@ -362,7 +444,7 @@ class TrainConfig:
     """The algorithm, then the exploration methods on top of it, joined by ``+``: ``grpo``
     (default), ``ppo`` (a critic and GAE), or, offline from scored samples, ``ilql``
     (Q-learning) or ``filtered_bc`` (fine-tuning on the successful samples); ``herl`` (GRPO
-    with hindsight revisions); ``e3`` (E3 budgets and temperature); e.g. ``herl+e3``,
+    that learns from failure with hindsight); ``e3`` (E3 budgets and temperature); e.g. ``herl+e3``,
     ``ppo+e3``. Each method's knobs are in its section."""
     max_steps: int = 500
     max_generated_tokens: int | None = None

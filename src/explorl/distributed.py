@@ -80,6 +80,9 @@ class Parallel:
         if cfg.bf16_weights and self.world > 1:
             raise UserError("bf16_weights: runs in one process; under a launcher use bf16=true "
                             "(float32 weights, bfloat16 autocast)")
+        if cfg.uses("herl") and cfg.herl.guide_kind != "policy" and self.world > 1:
+            raise UserError(f"herl.guide: {cfg.herl.guide_kind} (a copy of the model) runs in "
+                            "one process; under a launcher use herl.guide=policy")
         if cfg.uses("ppo") and self.world > 1:
             raise UserError("method: ppo runs in one process (its critic is not distributed); "
                             "start it without a launcher")

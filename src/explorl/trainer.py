@@ -30,8 +30,10 @@ from explorl.distributed import Parallel, world_size
 from explorl.errors import UserError
 from explorl.evaluation import evaluate
 from explorl.exploration.budget import RolloutBudget
+from explorl.exploration.distill import distillation_targets
 from explorl.exploration.dynamic_sampling import Selection
 from explorl.exploration.entropy_bonus import AdaptiveEntropyBonus
+from explorl.exploration.guide import Guide
 from explorl.exploration.hindsight import Hindsight, template_for
 from explorl.exploration.temperature import EntropyKeeper
 from explorl.failures import FailurePolicy
@@ -61,6 +63,40 @@ def unique_names(funcs: list[tuple[str, object]]) -> list[tuple[str, object]]:
         seen[name] = seen.get(name, 0) + 1
         out.append((name if seen[name] == 1 else f"{name}_{seen[name]}", fn))
     return out
+
+
+def build_scorer(cfg: TrainConfig, rubric: RubricReward, default_reward: str | None, codec,
+                 device, first_row: dict) -> Scorer:
+    """The run's weighted reward functions (``rubric`` is the run's rubric reward)."""
+    funcs = unique_names([("rubric", rubric) if s == "rubric" else resolve(s, device)
+                          for s in cfg.reward_funcs or [default_reward]])
+    scorer = Scorer(funcs, cfg.reward_weights or [1.0] * len(funcs), codec,
+                    cfg.success_threshold, cfg.reward_timeout)
+    if cfg.uses("herl") and not (scorer.graded and "rubric" in first_row):
+        raise UserError("method: herl needs the 'rubric' reward (reward_funcs: [rubric]) or "
+                        "another graded reward, and data with a 'rubric' column")
+    return scorer
+
+
+def make_optimizer(cfg: TrainConfig, model):
+    """AdamW over the trained weights; over float32 masters of them with bf16_weights."""
+    params = lora.trainable_parameters(model) if cfg.lora_r else model.parameters()
+
+    def make(params):
+        return adamw(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                     betas=(cfg.adam_beta1, cfg.adam_beta2))
+
+    return MasterWeights(params, make) if cfg.bf16_weights else make(params)
+
+
+def check_lengths(model, prompt_ids: list[list[int]], max_completion_length: int) -> None:
+    """The longest prompt and a whole completion must fit the model's positions."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    longest = max(len(p) for p in prompt_ids)
+    if limit is not None and longest + max_completion_length > limit:
+        raise UserError(
+            f"max_prompt_length/max_completion_length: prompts of {longest} tokens plus "
+            f"{max_completion_length} completion tokens exceed the model's {limit} positions")
 
 
 class Trainer(RunLoop):
@@ -95,12 +131,16 @@ class Trainer(RunLoop):
         self.device = resolve_device(cfg.device, cfg.bf16 or cfg.bf16_weights,
                                      distributed=world_size() > 1)
         self.model, ref_model = build_policy(cfg, self.device)
-        self.scorer = self._scorer(task.default_reward)  # a reward model on the policy's device
-        self._check_lengths()
+        # a reward model runs on the policy's device
+        self.rubric = RubricReward(cfg.rubric_reward,
+                                   build_judge(cfg.judge, self.train_rows + self.eval_rows))
+        self.scorer = build_scorer(cfg, self.rubric, task.default_reward, self.codec,
+                                   self.model.device, self.train_rows[0])
+        check_lengths(self.model, self.prompt_ids, cfg.max_completion_length)
         self.dist = Parallel(self.device)  # several processes only under a launcher
         self.dist.refuse_unsupported(cfg)
         self.train_model, self.optimizer = self.dist.prepare(
-            self.model, self._optimizer, cfg.max_grad_norm)
+            self.model, partial(make_optimizer, cfg), cfg.max_grad_norm)
         self.engine = (engine or partial(build_engine, cfg))(self.model, self.tokenizer)
         self.collect = Collector(self.engine, self.scorer, self.tokenizer, self.dist,
                                  self.device)
@@ -120,37 +160,21 @@ class Trainer(RunLoop):
         self.tokens_total = 0
 
     # --- set-up ------------------------------------------------------------------------------
-    def _scorer(self, default_reward: str | None) -> Scorer:
-        cfg = self.cfg
-        self.rubric = RubricReward(cfg.rubric_reward,
-                                   build_judge(cfg.judge, self.train_rows + self.eval_rows))
-        funcs = unique_names([("rubric", self.rubric) if s == "rubric"
-                              else resolve(s, self.model.device)
-                              for s in cfg.reward_funcs or [default_reward]])
-        scorer = Scorer(funcs, cfg.reward_weights or [1.0] * len(funcs), self.codec,
-                        cfg.success_threshold, cfg.reward_timeout)
-        if cfg.uses("herl") and not (scorer.graded and "rubric" in self.train_rows[0]):
-            raise UserError("method: herl needs the 'rubric' reward (reward_funcs: [rubric]) or "
-                            "another graded reward, and data with a 'rubric' column")
-        return scorer
-
-    def _optimizer(self, model):
-        """AdamW over the trained weights; over float32 masters of them with bf16_weights."""
-        cfg = self.cfg
-        params = lora.trainable_parameters(model) if cfg.lora_r else model.parameters()
-
-        def make(params):
-            return adamw(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                         betas=(cfg.adam_beta1, cfg.adam_beta2))
-
-        return MasterWeights(params, make) if cfg.bf16_weights else make(params)
-
     def _build_exploration(self) -> None:
-        """HeRL, E3's budget and temperature, the adaptive entropy bonus: those ``cfg`` asks."""
+        """HeRL and its guide, E3's budget and temperature, the adaptive entropy bonus: those
+        ``cfg`` asks."""
         cfg = self.cfg
         self.hindsight = Hindsight(cfg.herl, self.codec, template_for(
             cfg.herl.revise_template, cfg.dataset), cfg.max_completion_length, cfg.seed) \
             if cfg.uses("herl") else None
+        self.guide = Guide(cfg.herl.guide_kind, self.model, cfg.herl.guide_ema) \
+            if self.hindsight else None
+        if self.guide and not self.guide.is_policy:  # revisions and teacher passes of its own
+            self.guide_collect = Collector(build_engine(cfg, self.guide.model, self.tokenizer),
+                                           self.scorer, self.tokenizer, self.dist, self.device)
+            self.guide_logprobs = LogProbs.from_config(cfg, self.guide.model)
+        else:
+            self.guide_collect, self.guide_logprobs = self.collect, self.logprobs
         e3 = cfg.uses("e3")
         self.budget = RolloutBudget.from_config(cfg) if e3 and cfg.e3.budget else None
         self.adaptive_temperature = EntropyKeeper.from_config(cfg, self.model.config.vocab_size) \
@@ -168,15 +192,6 @@ class Trainer(RunLoop):
             else []
         return terms
 
-    def _check_lengths(self) -> None:
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        longest = max(len(p) for p in self.prompt_ids)
-        if limit is not None and longest + self.cfg.max_completion_length > limit:
-            raise UserError(
-                f"max_prompt_length/max_completion_length: prompts of {longest} tokens plus "
-                f"{self.cfg.max_completion_length} completion tokens exceed the model's "
-                f"{limit} positions")
-
     def lr_at(self, step: int) -> float:
         return linear_warmup(self.cfg.learning_rate, self.cfg.warmup_steps, step)
 
@@ -189,12 +204,11 @@ class Trainer(RunLoop):
             # 1. Prompts, samples per prompt (E3 budget) and the temperature (E3 keeps entropy).
             indices, epoch = self.prompts.next()
             rows = [self.train_rows[i] for i in indices]
-            counts = self.budget.allocate(self._ids(rows), step, epoch) if self.budget \
-                else [cfg.num_generations] * len(rows)
             temperature = self.adaptive_temperature.temperature \
                 if self.adaptive_temperature else cfg.temperature
-            # 2. Collect: generate and score; every process holds the whole batch.
-            batch = self._collect(step, indices, counts, temperature)
+            # 2. Collect: generate and score (E3: a pilot first, the rest of the budget by its
+            # outcome); every process holds the whole batch.
+            batch = self._budgeted(step, indices, epoch, temperature)
             dropped, extra_metrics = 0, {}
             if cfg.uses("dynamic_sampling"):  # DAPO: groups of equal rewards out, new ones in
                 batch, dropped, extra_metrics = self._refill(step, batch, temperature)
@@ -209,13 +223,15 @@ class Trainer(RunLoop):
             estimate = self._advantages(train_batch, loss_mask)
             shard = self.update.prepare(train_batch, estimate, loss_mask)
         # 5. Policy update: the sum of the loss terms (and the stop after too many non-finite).
-        coefficients = {"entropy": self.entropy_bonus.coef} if self.entropy_bonus else {}
+        coefficients = self._coefficients(step)
         update = self.update.step(shard, self.lr_at(step), step, coefficients)
         self.failures.check_update(step, update["update_skipped"])
         seconds["update"] = time.perf_counter() - start
         # 6. Controllers observe: the algorithm (KL), pass rates -> difficulty, entropy -> the
         # next temperature or entropy bonus.
         self.algorithm.observe(estimate)
+        if self.guide:
+            self.guide.observe(self.model)
         if self.budget:
             self.budget.observe(self._ids(rows), batch.passes_by_prompt())
         if self.entropy_bonus:
@@ -232,6 +248,31 @@ class Trainer(RunLoop):
             self.adaptive_temperature.observe(step, update["entropy"])
         self._log_completions(step, batch, train_batch, estimate)
         return metrics
+
+    def _coefficients(self, step: int) -> dict[str, float]:
+        """Loss-term weights that change between steps: the adapted entropy bonus, a decaying
+        supervised term."""
+        out = {"entropy": self.entropy_bonus.coef} if self.entropy_bonus else {}
+        herl = self.cfg.herl
+        if self.hindsight and herl.sft_coef and herl.sft_decay == "linear":
+            out["sft"] = herl.sft_coef * max(0.0, 1 - (step - 1) / self.cfg.max_steps)
+        return out
+
+    def _budgeted(self, step: int, indices: list[int], epoch: int,
+                  temperature: float) -> ScoredBatch:
+        """The step's prompts, collected with the samples E3's budget gives each (after a
+        pilot, when it pilots) or ``num_generations`` each."""
+        ids = self._ids([self.train_rows[i] for i in indices])
+        if not (self.budget and self.budget.piloting(epoch)):
+            counts = self.budget.allocate(ids, step, epoch) if self.budget \
+                else [self.cfg.num_generations] * len(indices)
+            return self._collect(step, indices, counts, temperature)
+        pilot = self._collect(step, indices, [self.budget.pilot] * len(indices), temperature)
+        extra = self.budget.after_pilot(ids, pilot.passes_by_prompt(), step)
+        more = [j for j, e in enumerate(extra) if e]
+        rest = self._collect(step, [indices[j] for j in more], [extra[j] for j in more],
+                             temperature)
+        return pilot.joined(rest, more, self.tokenizer.pad_token_id)
 
     def _collect(self, step: int, indices: list[int], counts: list[int],
                  temperature: float) -> ScoredBatch:
@@ -260,8 +301,13 @@ class Trainer(RunLoop):
         if not self.hindsight:
             return TrainBatch.of(batch), {}, 0
         plan = self.hindsight.plan(batch)
-        revisions = self.collect(*plan.request) if plan.request else None
-        train_batch, metrics = self.hindsight.merge(batch, plan, revisions, self.logprobs.policy)
+        revisions = self.guide_collect(*plan.request) if plan.request else None
+        train_batch, metrics = self.hindsight.merge(batch, plan, revisions,
+                                                    self.guide_logprobs.policy)
+        if self.cfg.herl.distils:
+            train_batch, taught = distillation_targets(self.hindsight, batch, train_batch,
+                                                       self.guide_logprobs)
+            metrics.update(taught)
         return train_batch, metrics, revisions.generated_tokens if revisions else 0
 
     def _advantages(self, batch: TrainBatch, loss_mask: torch.Tensor) -> Advantages:
@@ -279,10 +325,12 @@ class Trainer(RunLoop):
         every = self.cfg.log_completions_every
         if not (every and step % every == 0 and self.dist.is_main):
             return
-        prompts = [batch.rows[g]["prompt"] for g in train_batch.rollout.group_ids.tolist()]
-        log_completions(self.out / "completions.jsonl", step, prompts, train_batch.texts,
-                        train_batch.rewards.tolist(), estimate.advantages[:, 0].tolist(),
-                        revisions=train_batch.trained_under)
+        n = len(batch)  # replayed revisions after these are not this step's samples
+        prompts = [batch.rows[g]["prompt"] for g in train_batch.rollout.group_ids[:n].tolist()]
+        log_completions(self.out / "completions.jsonl", step, prompts, train_batch.texts[:n],
+                        train_batch.rewards[:n].tolist(), estimate.advantages[:n, 0].tolist(),
+                        revisions=None if train_batch.trained_under is None
+                        else train_batch.trained_under[:n])
 
     # --- what the run loop asks --------------------------------------------------------------
     def evaluate(self, stage: str = "after", pass_k: list[int] | None = None) -> dict | None:
@@ -316,13 +364,15 @@ class Trainer(RunLoop):
                 **{name: part.state() for name, part in self._parts().items()}}
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return self.algorithm.tensors()
+        return {**self.algorithm.tensors(), **(self.guide.tensors() if self.guide else {})}
 
     def load(self, state: dict) -> None:
         self.tokens_total = state["tokens_total"]
         for name, part in self._parts().items():
             part.load(state[name])
         self.algorithm.load(state.get("algorithm", {}), state["tensors"])
+        if self.guide:
+            self.guide.load(state["tensors"])
 
     def boundary_parts(self) -> dict:
         """What a step changes before its update: the data position, HeRL's slot generator and

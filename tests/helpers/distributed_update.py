@@ -121,7 +121,7 @@ def collected(trainer: Trainer) -> dict:
 RESUME = dict(prompts_per_step=4, num_generations=4, save_every=2, method="herl+e3",
               e3=E3Config(budget_min=2, budget_max=6), entropy=EntropyConfig(target_steps=1),
               micro_batch_size=3, scale_rewards="batch", rubric_reward="strict",
-              herl=HeRLConfig(candidate_limit=2), **SMALL)
+              herl=HeRLConfig(candidate_limit=2, teach="revise"), **SMALL)
 
 
 def main(out: Path) -> None:

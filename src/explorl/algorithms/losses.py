@@ -10,6 +10,8 @@ the whole batch.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from explorl.batch import Normalizer
@@ -106,3 +108,26 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str,
     if loss_type == "dr_grpo":
         return (per_token * mask).sum() / max(norm.num_sequences * norm.max_completion_length, 1)
     raise ValueError(f"unknown loss_type {loss_type!r}")
+
+
+def with_tail(logps: torch.Tensor) -> torch.Tensor:
+    """Log-probs ``[..., K]`` of a distribution's mass on K tokens, and one more bucket holding
+    the rest of its mass ``[..., K + 1]``."""
+    covered = torch.logsumexp(logps, dim=-1, keepdim=True).clamp(max=-1e-6)
+    return torch.cat([logps, torch.log(-torch.expm1(covered))], dim=-1)
+
+
+def support_divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str,
+                       beta: float = 0.5) -> torch.Tensor:
+    """Per-token divergence of two distributions known on the same K tokens (log-probs
+    ``[..., K]``, e.g. the teacher's top K), the rest of each one's mass in a tail bucket:
+    ``reverse_kl`` = KL(student || teacher); ``jsd`` = beta KL(teacher || m) + (1 - beta)
+    KL(student || m) with m = beta teacher + (1 - beta) student (the generalised JSD of GKD,
+    Agarwal et al. 2024). With K the whole vocabulary the tail is empty and both are exact."""
+    s, t = with_tail(student), with_tail(teacher)
+    if kind == "reverse_kl":
+        return (s.exp() * (s - t)).sum(-1)
+    if kind == "jsd":
+        m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), dim=0)
+        return beta * (t.exp() * (t - m)).sum(-1) + (1 - beta) * (s.exp() * (s - m)).sum(-1)
+    raise ValueError(f"unknown divergence {kind!r}")

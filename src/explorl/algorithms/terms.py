@@ -1,7 +1,9 @@
 """Loss terms: the update's loss is the sum of named terms over the tokens each one covers.
 
 A term is a small object with a ``name``, a default coefficient ``coef`` and ``needs`` (what
-the update must prepare for it: ``ref_logps``, ``entropy_grad``); calling it on
+the update must prepare for it: ``ref_logps``, ``entropy_grad``, ``support``); with
+``own_mean`` its share is a mean over its own rows' tokens rather than aggregated with the
+batch's counts (``loss_type``); calling it on
 :class:`TermInputs` with this step's coefficient gives a :class:`TermOutput`, its signed and
 weighted per-token contribution. Which rows a term covers is data on the batch
 (``UpdateBatch.rows[name]``; no key: every row), not a branch in the update, so a method adds
@@ -11,13 +13,14 @@ a term (HeRL's revision term, :mod:`explorl.exploration.hindsight`) without touc
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
-from explorl.algorithms.losses import kl_estimate
+from explorl.algorithms.losses import kl_estimate, support_divergence
 from explorl.batch import UpdateBatch
 
 
@@ -29,6 +32,8 @@ class TermInputs:
     entropy: torch.Tensor | None  # [n, L] (with grad when a term needs ``entropy_grad``)
     batch: UpdateBatch  # the micro-batch: advantages, old/ref/behaviour log-probs, rows
     mask: torch.Tensor  # [n, L] the tokens that carry the loss (none in a filler pass)
+    support: torch.Tensor | None = None  # [n, L, K] log-probs at the teacher's tokens, with
+    # grad, when a term needs ``support``
 
 
 @dataclass
@@ -95,3 +100,42 @@ class EntropyBonus:
 
     def __call__(self, x: TermInputs, coef: float) -> TermOutput:
         return TermOutput(-coef * x.entropy)
+
+
+class SupervisedTerm:
+    """``-coef * log pi(y_t)`` on the rows marked ``sft``, a mean over their tokens (``own_mean``:
+    whatever their share of the batch, the term weighs ``coef`` times a mean negative
+    log-likelihood): imitation of chosen samples (accepted revisions under the original prompt)
+    beside the RL loss, as ExPO, ReLIFT and CHORD add one."""
+
+    name, needs, own_mean = "sft", frozenset(), True
+
+    def __init__(self, coef: float):
+        self.coef = coef
+
+    def __call__(self, x: TermInputs, coef: float) -> TermOutput:
+        return TermOutput(-coef * x.logps)
+
+
+class DistillationTerm:
+    """``coef * D(student, teacher)`` per token on the rows marked ``distill``: the policy's
+    distribution at each position against a teacher's top-K log-probs
+    (:func:`~explorl.algorithms.losses.support_divergence`, ``jsd`` or ``reverse_kl``)."""
+
+    name, needs = "distill", frozenset({"support"})
+
+    def __init__(self, coef: float, divergence: str = "jsd", beta: float = 0.5):
+        self.coef, self.divergence, self.beta = coef, divergence, beta
+
+    def __call__(self, x: TermInputs, coef: float) -> TermOutput:
+        b = x.batch
+        valid = x.mask.bool()
+        if b.rows_of(self.name) is not None:
+            valid = valid & b.rows_of(self.name)
+        # elsewhere both sides are a uniform stand-in: finite, and no gradient
+        uniform = torch.full_like(b.teacher_logps, -math.log(b.teacher_logps.shape[-1] + 1))
+        student = torch.where(valid.unsqueeze(-1), x.support, uniform)
+        teacher = torch.where(valid.unsqueeze(-1), b.teacher_logps, uniform)
+        div = support_divergence(student, teacher, self.divergence, self.beta)
+        return TermOutput(coef * torch.where(valid, div, 0.0),
+                          sums={"distill/divergence": (div.detach() * valid).sum()})

@@ -56,13 +56,15 @@ class PolicyUpdate:
         old = own(estimate.old_logps) if estimate.old_logps is not None \
             else self._old_logps(rollout)
         ref = self.logprobs.reference(rollout) if self.needs("ref_logps") else None
+        norm = Normalizer(len(batch), int(loss_mask.sum()), self.cfg.max_completion_length,
+                          {k: int(loss_mask[v].sum()) for k, v in batch.rows.items()})
         return UpdateBatch(
-            rollout, estimate.advantages[rows], loss_mask[rows],
-            Normalizer(len(batch), int(loss_mask.sum()), self.cfg.max_completion_length),
+            rollout, estimate.advantages[rows], loss_mask[rows], norm,
             int(batch.rollout.completion_mask.sum()), old_logps=old, ref_logps=ref,
             behaviour_logps=own(batch.behaviour_logps), values=own(estimate.values),
             returns=own(estimate.returns), rows={k: v[rows] for k, v in batch.rows.items()},
-            policy_mask=self._high_entropy(rollout, loss_mask[rows]))
+            policy_mask=self._high_entropy(rollout, loss_mask[rows]),
+            teacher_ids=own(batch.teacher_ids), teacher_logps=own(batch.teacher_logps))
 
     def _old_logps(self, rollout: Rollout) -> torch.Tensor | None:
         # With one optimizer step per batch the ratio is exactly 1: nothing to store.
@@ -132,24 +134,31 @@ class PolicyUpdate:
         active = [(term, coef) for term in self.terms
                   if (coef := coefficients.get(term.name, term.coef))]
         tempered = batch.rollout.temperatures != 1
+        needs = {need for term, _ in active for need in term.needs}
         stats = self.logprobs.stats(
             self.train_model, batch.rollout,
-            with_entropy="grad" if any("entropy_grad" in t.needs for t, _ in active) else True,
-            entropy_at_one=bool(tempered.any()))
-        x = TermInputs(stats.logps, stats.entropy, batch, mask)
-        total, parts = None, {}
+            with_entropy="grad" if "entropy_grad" in needs else True,
+            entropy_at_one=bool(tempered.any()),
+            support=batch.teacher_ids if "support" in needs else None)
+        x = TermInputs(stats.logps, stats.entropy, batch, mask, stats.support)
+        total, own, parts = None, 0.0, {}
         clipped = torch.zeros_like(mask, dtype=torch.bool)
         for term, coef in active:
             out = term(x, coef)
             rows = batch.rows_of(term.name)
             value = out.per_token if rows is None else torch.where(rows, out.per_token, 0.0)
-            total = value if total is None else total + value
-            parts[f"loss/{term.name}"] = float(aggregate(value.detach(), mask,
-                                                         self.cfg.loss_type, batch.norm))
+            if getattr(term, "own_mean", False):  # a mean over its own rows' tokens
+                share = (value * mask).sum() / max(batch.norm.row_tokens.get(term.name, 0), 1)
+                own = own + share
+            else:
+                total = value if total is None else total + value
+                share = aggregate(value, mask, self.cfg.loss_type, batch.norm)
+            parts[f"loss/{term.name}"] = float(share.detach())
+            parts.update(gradient_weight(term.name, share, stats.logps, stats.support))
             if out.clipped is not None:
                 clipped |= out.clipped if rows is None else out.clipped & rows
             parts.update({k: float(v) for k, v in out.sums.items()})
-        loss = aggregate(total, mask, self.cfg.loss_type, batch.norm)
+        loss = aggregate(total, mask, self.cfg.loss_type, batch.norm) + own
         untempered = stats.entropy_t1 if stats.entropy_t1 is not None else stats.entropy
         return loss, {**parts, "loss": float(loss.detach()),
                       "entropy": float((stats.entropy.detach() * full).sum()),
@@ -158,10 +167,28 @@ class PolicyUpdate:
                       "clip_fraction": float((clipped.float() * mask).sum())}
 
 
+def gradient_weight(name: str, share: torch.Tensor, *inputs: torch.Tensor | None
+                    ) -> dict[str, float]:
+    """How hard a term's share of the loss pushes log-probs up and down: ``grad/<name>/up`` =
+    the sum of ``max(0, -dL/dlog p)`` over the log-probs it reads (the sampled tokens', a
+    teacher's support), ``grad/<name>/down`` of ``max(0, dL/dlog p)``; none for a term that
+    reads none of them (the entropy bonus)."""
+    inputs = tuple(t for t in inputs if t is not None and t.requires_grad)
+    if not (share.requires_grad and inputs):
+        return {}
+    grads = [g for g in torch.autograd.grad(share, inputs, retain_graph=True, allow_unused=True)
+             if g is not None]
+    if not grads:
+        return {}
+    return {f"grad/{name}/up": sum(float((-g).clamp(min=0).sum()) for g in grads),
+            f"grad/{name}/down": sum(float(g.clamp(min=0).sum()) for g in grads)}
+
+
 def update_metrics(steps: list[tuple[dict, dict]], top_entropy: float | bool = False) -> dict:
     """The metrics of an update's optimizer steps together: token quantities (KL, entropy,
     clip fraction) over every step's tokens; losses, gradient norms and the algorithm's own
-    numbers (a critic's) averaged over the steps; skipped steps counted. ``top_entropy``: the
+    numbers (a critic's) averaged over the steps, and so are each term's loss and gradient
+    weights; skipped steps counted. ``top_entropy``: the
     share of trained tokens that carried the policy loss, when not all did."""
     def total(key: str) -> float:
         return sum(sums.get(key, 0.0) for sums, _ in steps)
@@ -175,7 +202,8 @@ def update_metrics(steps: list[tuple[dict, dict]], top_entropy: float | bool = F
            "update_skipped": int(total("update_skipped"))}
     if total("tempered_tokens"):  # some row was sampled at another temperature than 1
         out["entropy_t1"] = total("entropy_t1") / generated
-    out.update({k: total(k) / n for k in steps[0][0] if k.startswith("loss/")})
+    out.update({k: total(k) / n for k in steps[0][0] if k.startswith(("loss/", "grad/"))})
+    out.update({k: total(k) / tokens for k in steps[0][0] if k.startswith("distill/")})
     out.update({k: sum(extra[k] for _, extra in steps) / n for k in steps[0][1]})
     if top_entropy is not False:
         out["top_entropy/kept"] = top_entropy

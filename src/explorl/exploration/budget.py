@@ -9,6 +9,11 @@ A batch of B prompts with base n samples each gets ``n_i`` samples, ``sum n_i = 
   (easiest first, ties at random); ``rank_i = position / N`` in [0, 1);
   ``n_i = floor(n_min + (R - n_min * B) * rank_i / sum_j rank_j)``; the leftover goes one by one
   to the hardest prompts that are still below ``n_max``.
+* ``pilot`` (ours; also ``rank`` in the first pass, where its bounds are both n): every prompt
+  first gets a pilot of a few samples; the rest of the same total goes, one sample at a time,
+  to the prompt whose chance of a mixed group rises most: a pilot that came out all wrong needs
+  a success, one all right a failure, a mixed one nothing more (:func:`pilot_allocation`).
+  Budgets act from the first step, where the rank rule waits for a full pass over the data.
 * ``mixed``: ours. With a pass-rate estimate p_i (a Beta prior centred on the run's mean pass
   rate for prompts seen little or never), a group of n is informative (mixed outcomes) with
   probability ``1 - p^n - (1 - p)^n``. Samples are handed out one at a time to the largest gain
@@ -106,6 +111,37 @@ def mixed_allocation(pass_rates: list[float], total: int, n_min: int, n_max: int
     return n.tolist()
 
 
+def mixed_after(passes: list[bool], extra: int, p: float) -> float:
+    """Probability that a group is mixed (neither all right nor all wrong) once ``extra`` more
+    samples with pass rate ``p`` join the known outcomes ``passes``."""
+    if any(passes) and not all(passes):
+        return 1.0
+    if not passes:
+        return float(p_mixed(p, extra)) if extra else 0.0
+    return 1.0 - (p if all(passes) else 1.0 - p) ** extra
+
+
+def pilot_allocation(passes: list[list[bool]], total: int, lo: list[int], hi: list[int],
+                     pass_rates: list[float], rng: np.random.Generator) -> list[int]:
+    """Extra samples per prompt after a pilot whose outcomes are ``passes``: ``lo[i] <= e_i <=
+    hi[i]``, ``sum e_i = total``, each further sample to the prompt whose chance of a mixed
+    group it raises most (a pilot that came out all right or all wrong needs the other outcome;
+    a mixed one is informative already), ties at random. ``pass_rates``: each prompt's estimate."""
+    size = len(passes)
+    if not sum(lo) <= total <= sum(hi):
+        raise ValueError(f"cannot give {total} extra samples to {size} prompts within their "
+                         "bounds")
+    e = np.array(lo, dtype=int)
+    tiebreak = rng.random(size)
+    for _ in range(total - int(e.sum())):
+        gain = np.array([mixed_after(passes[i], e[i] + 1, pass_rates[i])
+                         - mixed_after(passes[i], e[i], pass_rates[i]) for i in range(size)])
+        gain = np.where(e < np.asarray(hi), gain, -np.inf)
+        best = np.flatnonzero(gain == gain.max())
+        e[best[np.argmax(tiebreak[best])]] += 1
+    return e.tolist()
+
+
 class RolloutBudget:
     """Per-batch sample counts from difficulty statistics (``method=e3``, ``e3.budget``).
 
@@ -117,8 +153,9 @@ class RolloutBudget:
     """
 
     def __init__(self, n: int, n_low: int, n_high: int, *, rule: str = "rank", delta: int = 2,
-                 rerank: str = "step", prior_strength: float = 2.0, seed: int = 0):
-        self.n, self.n_low, self.n_high = n, n_low, n_high
+                 rerank: str = "step", prior_strength: float = 2.0, seed: int = 0,
+                 pilot: int = 0):
+        self.n, self.n_low, self.n_high, self.pilot = n, n_low, n_high, pilot
         self.rule, self.delta, self.rerank = rule, delta, rerank
         self.prior_strength, self.seed = prior_strength, seed
         self.stats = DifficultyStats()
@@ -131,7 +168,8 @@ class RolloutBudget:
         e3 = cfg.e3
         return cls(cfg.num_generations, e3.budget_min, e3.budget_max, rule=e3.budget_rule,
                    delta=e3.budget_delta, rerank=e3.budget_rerank,
-                   prior_strength=e3.budget_prior_strength, seed=cfg.seed)
+                   prior_strength=e3.budget_prior_strength, seed=cfg.seed,
+                   pilot=e3.pilot_samples)
 
     def bounds(self) -> tuple[int, int]:
         if self.rule == "mixed":
@@ -175,6 +213,31 @@ class RolloutBudget:
         if self.rule == "mixed":
             return mixed_allocation(values, total, lo, hi, rng)
         return rank_allocation(values, total, lo, hi, rng)
+
+    def piloting(self, epoch: int) -> bool:
+        """Whether this step's budget follows a pilot: always under ``rule=pilot``; under
+        ``rank`` while its bounds are both ``n`` (the first pass), where the rank rule would
+        give every prompt the same."""
+        self.new_epoch(epoch)
+        if self.pilot < 1:
+            return False
+        return self.rule == "pilot" or self.rule == "rank" and self.bounds() == (self.n, self.n)
+
+    def after_pilot(self, prompt_ids: list[str], passes: list[list[bool]],
+                    step: int) -> list[int]:
+        """Extra samples per prompt once each has had ``pilot`` (whose known outcomes are
+        ``passes``): the rest of the step's total ``n * len(prompt_ids)``, every prompt ending
+        within ``[n_low, n_high]``, by :func:`pilot_allocation` with pass rates from the
+        run's statistics and the pilot (a Beta prior centred on the run's pass rate)."""
+        rng = np.random.default_rng([self.seed, step, 1])
+        prior = self.stats.mean_pass_rate()
+        rates = [(self.stats.passes.get(pid, 0.0) + sum(f) + self.prior_strength * prior)
+                 / (self.stats.counts.get(pid, 0) + len(f) + self.prior_strength)
+                 for pid, f in zip(prompt_ids, passes)]
+        size = len(prompt_ids)
+        lo = [max(0, self.n_low - self.pilot)] * size
+        hi = [self.n_high - self.pilot] * size
+        return pilot_allocation(passes, (self.n - self.pilot) * size, lo, hi, rates, rng)
 
     def observe(self, prompt_ids: list[str], passes: list[list[bool]]) -> None:
         """Record the pass flags of each prompt's known samples."""

@@ -16,18 +16,23 @@ to train on; the trainer collects the revisions in between.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
-from explorl.algorithms.terms import TermInputs, TermOutput
+from explorl.algorithms.terms import DistillationTerm, SupervisedTerm, TermInputs, TermOutput
 from explorl.batch import Advantages, Rollout, ScoredBatch, TrainBatch
 from explorl.data import rubric_task
+from explorl.exploration.revisions import (
+    RevisionBuffer,
+    Sample,
+    revision_metrics,
+    sample_at,
+    splice,
+)
 from explorl.rewards.rubric import parse_rubric
-from explorl.rollout.engine import left_pad
 
 DEFAULT_TEMPLATE = (
     "You are revising your own answer. Keep what already meets the criteria, fix what does "
@@ -172,49 +177,23 @@ def revision_advantages(rewards: torch.Tensor, group_ids: torch.Tensor,
 class RevisionSurrogate:
     """HeRL's loss term on the rows marked ``revision``: :func:`shaped_surrogate` against the
     log-probs of the policy that wrote the revision (its behaviour log-probs when it was
-    written under another prompt than it is trained under)."""
+    written under another prompt than it is trained under); with ``behaviour_one`` against a
+    behaviour probability of 1, so the shaping acts on the token's current probability (LUFFY's
+    and Critique-GRPO's form)."""
 
     name, coef, needs = "revision", 1.0, frozenset()
 
-    def __init__(self, gamma: float):
-        self.gamma = gamma
+    def __init__(self, gamma: float, behaviour_one: bool = False):
+        self.gamma, self.behaviour_one = gamma, behaviour_one
 
     def __call__(self, x: TermInputs, coef: float) -> TermOutput:
         b = x.batch
-        old = b.behaviour_logps if b.behaviour_logps is not None else \
-            x.logps.detach() if b.old_logps is None else b.old_logps
+        if self.behaviour_one:
+            old = torch.zeros_like(x.logps)
+        else:
+            old = b.behaviour_logps if b.behaviour_logps is not None else \
+                x.logps.detach() if b.old_logps is None else b.old_logps
         return TermOutput(coef * shaped_surrogate(x.logps, old, b.advantages, self.gamma))
-
-
-@dataclass
-class Sample:
-    """One row's content to write into a rollout: prompt, completion, how it was drawn."""
-
-    prompt: list[int]
-    completion: list[int]
-    temperature: float
-    truncated: bool
-
-
-def sample_at(rollout: Rollout, i: int) -> Sample:
-    return Sample(rollout.prompt(i), rollout.completion_ids[i, : int(rollout.lengths[i])].tolist(),
-                  float(rollout.temperatures[i]), bool(rollout.truncated[i]))
-
-
-def splice(rollout: Rollout, writes: dict[int, Sample], pad_id: int) -> Rollout:
-    """``rollout`` with row ``slot`` overwritten by ``writes[slot]``; group ids and the row count
-    stay, so the written samples are normalised with their group."""
-    rows = [writes.get(i) or sample_at(rollout, i) for i in range(len(rollout))]
-    prompt_ids, prompt_mask = left_pad([r.prompt for r in rows], pad_id)
-    width = max(max(len(r.completion) for r in rows), 1)
-    completion_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros_like(completion_ids)
-    for i, r in enumerate(rows):
-        completion_ids[i, : len(r.completion)] = torch.tensor(r.completion, dtype=torch.long)
-        completion_mask[i, : len(r.completion)] = 1
-    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
-                   torch.tensor([r.temperature for r in rows]), rollout.group_ids.cpu(),
-                   torch.tensor([r.truncated for r in rows])).to(rollout.group_ids.device)
 
 
 # --- the step -----------------------------------------------------------------------------------
@@ -260,12 +239,22 @@ class Hindsight:
         # the prompts each accepted revision is trained under, one slot each
         self.contexts = ("hindsight", "original") if cfg.context == "both" else (cfg.context,)
         self.rng = random.Random(seed)
+        self.buffer = RevisionBuffer(cfg.sft_buffer)
 
     def prompt(self, row: dict, draft: str, verdicts: list[bool]) -> list[int]:
         return hindsight_prompt(self.codec, self.template, row, draft, verdicts, self.lists)
 
     def terms(self) -> list:
-        return [RevisionSurrogate(self.cfg.gamma)]
+        """The revision term and the supervised term (``teach`` revise or both, unless
+        ``revision_loss=none``, when ``sft_coef`` is set) and the self-distillation term
+        (``teach`` distill or both)."""
+        c = self.cfg
+        terms = [RevisionSurrogate(c.gamma, behaviour_one=c.revision_loss == "luffy")] \
+            if c.revises and c.revision_loss != "none" else []
+        terms += [SupervisedTerm(c.sft_coef)] if c.revises and c.sft_coef else []
+        terms += [DistillationTerm(c.distill_coef, c.distill_divergence, c.distill_beta)] \
+            if c.distils else []
+        return terms
 
     def advantages(self, batch: TrainBatch, loss_mask: torch.Tensor,
                    estimate: Estimate) -> Advantages:
@@ -291,7 +280,7 @@ class Hindsight:
         failed = failed_groups(rewards, groups, self.cfg.threshold)
         drafts = [c for g in failed for c in choose_candidates(
             rewards, num_met, groups, g, self.cfg.candidate_limit)]
-        if not drafts or batch.rewards.grades is None:
+        if not drafts or batch.rewards.grades is None or not self.cfg.revises:
             return Plan(failed, drafts, None)
         rows = [batch.rows[int(groups[d])] for d in drafts]
         contexts = [self.prompt(row, batch.texts[d], batch.rewards.grades[d].verdicts)
@@ -303,9 +292,10 @@ class Hindsight:
     def merge(self, batch: ScoredBatch, plan: Plan, revisions: ScoredBatch | None,
               logprobs: LogProbs) -> tuple[TrainBatch, dict]:
         """Pay drafts their bonus and let accepted revisions overwrite random slots of their
-        group. ``logprobs`` gives the policy's log-probs of a rollout (the behaviour log-probs
-        of revisions trained under the original prompt). Returns the batch to train on and
-        ``herl/*`` metrics."""
+        group; mark the rows each term trains (``policy``, ``revision``, ``sft``) and append
+        the replayed revisions. ``logprobs`` gives the log-probs of a rollout under the guide
+        that wrote the revisions (the behaviour log-probs of revisions trained under the
+        original prompt). Returns the batch to train on and ``herl/*`` metrics."""
         revision = torch.zeros(len(batch), dtype=torch.bool, device=batch.rollout.group_ids.device)
         train_batch = TrainBatch(batch.rollout, batch.rewards.total.clone(), batch.texts,
                                  trained_under=[False] * len(batch))
@@ -315,21 +305,21 @@ class Hindsight:
             revised = _Revisions(plan.failed, plan.drafts, revisions)
             gains = self._pay_bonus(train_batch, batch, revised)
             accepted, beat = self._replace(train_batch, revision, batch, revised)
-            if accepted and self.cfg.context != "hindsight":
+            if accepted and self.cfg.context != "hindsight" and \
+                    self.cfg.revision_loss == "shaped":
                 train_batch.behaviour_logps = self._behaviour(train_batch, revised, accepted,
                                                               logprobs)
-            metrics.update({
-                "herl/revisions": len(revisions),
-                "herl/revision_success": float(revisions.passed.float().mean()),
-                "herl/revision_gain": sum(gains) / len(gains) if gains else math.nan,
-                "herl/beat_group": beat / len(plan.failed),
-                "herl/replaced": len(accepted),
-                "herl/revision_token_fraction": float(
-                    train_batch.rollout.completion_mask[revision].sum()
-                    / train_batch.rollout.completion_mask.sum()),
-                "herl/tokens": revisions.generated_tokens,
-            })
-        train_batch.rows = {"policy": ~revision, "revision": revision}
+            mask = train_batch.rollout.completion_mask
+            metrics.update(revision_metrics(revisions, gains, beat, len(plan.failed), accepted,
+                                            float(mask[revision].sum() / mask.sum())))
+        sft = revision & torch.tensor([u is True for u in train_batch.trained_under],
+                                      dtype=torch.bool, device=revision.device)
+        train_batch.rows = {"policy": ~revision, "revision": revision, "sft": sft}
+        if self.cfg.sft_buffer:
+            replayed = self.buffer.replay(train_batch, self.codec.tokenizer.pad_token_id)
+            self.buffer.add(train_batch, sft)
+            metrics["herl/replayed"] = len(replayed) - len(train_batch)
+            train_batch = replayed
         return train_batch, metrics
 
     def _pay_bonus(self, train_batch: TrainBatch, batch: ScoredBatch,
@@ -408,9 +398,12 @@ class Hindsight:
             full[slot, :n] = logps[i, :n]
         return full
 
-    def state(self) -> list:
-        return list(self.rng.getstate())
+    def state(self) -> dict:
+        return {"rng": list(self.rng.getstate()), "buffer": self.buffer.state()}
 
-    def load(self, state: list) -> None:
-        version, internal, gauss = state
+    def load(self, state: dict | list) -> None:
+        if isinstance(state, list):  # checkpoints of earlier versions: the slot generator
+            state = {"rng": state, "buffer": []}
+        version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
+        self.buffer.load(state["buffer"])

@@ -59,13 +59,15 @@ class LogProbs:
                              self.micro_batch_size, self.micro_batch_tokens)
 
     def stats(self, model, rollout: Rollout, with_entropy: bool | str = True,
-              entropy_at_one: bool = False) -> TokenStats:
+              entropy_at_one: bool = False,
+              support: torch.Tensor | int | None = None) -> TokenStats:
         """One forward pass of ``model`` (gradients flow) over a whole micro-batch."""
         with precision(self.model, self.bf16):
             return completion_logprobs(
                 model, rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids,
                 rollout.completion_mask, rollout.temperatures, with_entropy=with_entropy,
-                entropy_at_one=entropy_at_one, chunk_size=self.logits_chunk_size)
+                entropy_at_one=entropy_at_one, chunk_size=self.logits_chunk_size,
+                support=support)
 
     def policy(self, rollout: Rollout) -> torch.Tensor:
         """The policy's log-probs of a rollout's completion tokens ``[N, Lc]`` (no gradient)."""
@@ -81,6 +83,23 @@ class LogProbs:
             with lora.adapters_disabled(self.model):
                 return self._each(self.model, rollout, "logps")
         return self._each(self.ref_model, rollout, "logps")
+
+    @torch.no_grad()
+    def top_k(self, rollout: Rollout, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ids ``[N, Lc, K]`` and log-probs of the policy's top ``k`` tokens (``K = min(k,
+        vocab)``) at each completion position, 0 at padding, micro-batch by micro-batch."""
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        width = min(k, vocab)
+        ids = torch.zeros(rollout.completion_ids.shape + (width,), dtype=torch.long,
+                          device=rollout.completion_ids.device)
+        logps = torch.zeros(ids.shape, device=ids.device)
+        for rows in self.micro_batches(rollout):
+            top = self.stats(self.model, rollout.select(rows).trimmed(), with_entropy=False,
+                             support=k).support
+            index = torch.tensor(rows, device=ids.device)
+            ids[index, :top.shape[1]] = top[..., :width].round().long()
+            logps[index, :top.shape[1]] = top[..., width:]
+        return ids, logps
 
     @torch.no_grad()
     def _each(self, model, rollout: Rollout, what: str) -> torch.Tensor:

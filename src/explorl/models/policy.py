@@ -147,6 +147,8 @@ class TokenStats(NamedTuple):
     logps: torch.Tensor  # [N, Lc] under logits / T
     entropy: torch.Tensor | None  # [N, Lc] under logits / T
     entropy_t1: torch.Tensor | None  # [N, Lc] under the untempered logits, when asked
+    support: torch.Tensor | None = None  # [N, Lc, K] log-probs at given token ids (gradients
+    # flow), or [N, Lc, 2K]: the ids (as floats) and log-probs of the top K; when asked
 
 
 def completion_logprobs(
@@ -159,13 +161,17 @@ def completion_logprobs(
     with_entropy: bool | str = True,
     entropy_at_one: bool = False,
     chunk_size: int = 512,
+    support: torch.Tensor | int | None = None,
 ) -> TokenStats:
     """Log-prob of each completion token and the entropy of each position's distribution.
 
     Shapes: prompt [N, Lp] (left-padded), completion [N, Lc] (right-padded), temperatures [N].
-    Returns ``(logps, entropy, entropy_t1)``, each ``[N, Lc]``: log-probs and entropy under
-    ``logits / T``, and (with ``entropy_at_one``) the entropy of the untempered logits. The
-    entropy carries gradients only with ``with_entropy="grad"`` (an entropy bonus needs them).
+    Returns ``(logps, entropy, entropy_t1, support)``, the first three ``[N, Lc]``: log-probs
+    and entropy under ``logits / T``, and (with ``entropy_at_one``) the entropy of the
+    untempered logits. The entropy carries gradients only with ``with_entropy="grad"`` (an
+    entropy bonus needs them). ``support``: token ids ``[N, Lc, K]`` whose log-probs to
+    return too (a distillation target's), or an int K for the ids and log-probs of each
+    position's top K tokens.
 
     With ``chunk_size`` > 0 and a plain linear LM head, the head runs over ``chunk_size``
     completion tokens at a time, each chunk recomputed in the backward pass
@@ -179,7 +185,7 @@ def completion_logprobs(
     lm_head = head.chunkable_head(model) if chunk_size else None
     chunked = contextlib.nullcontext() if lm_head is None else head.stats_head(
         lm_head, completion_ids, completion_mask.bool(), temperatures, with_entropy,
-        entropy_at_one, chunk_size)
+        entropy_at_one, chunk_size, support)
     # Only the positions that predict completion tokens are needed: Lp-1 .. Lp+Lc-2.
     with chunked:
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions(mask),
@@ -187,7 +193,8 @@ def completion_logprobs(
     if lm_head is not None:
         stats = out.logits.float()
         return TokenStats(stats[..., 0], stats[..., 1] if with_entropy else None,
-                          stats[..., 2] if entropy_at_one else None)
+                          stats[..., 2] if entropy_at_one else None,
+                          stats[..., 3:] if support is not None else None)
     raw = out.logits[:, :-1, :].float()
     logp_all = F.log_softmax(raw / temperatures.view(-1, 1, 1), dim=-1)
     logps = logp_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
@@ -202,4 +209,7 @@ def completion_logprobs(
         with torch.no_grad():
             logp1 = F.log_softmax(raw.detach(), dim=-1)
             entropy_t1 = -(logp1.exp() * logp1).sum(-1)
-    return TokenStats(logps, entropy, entropy_t1)
+    on_support = None
+    if support is not None:
+        on_support = head.support_stats(logp_all, support) * completion_mask.unsqueeze(-1)
+    return TokenStats(logps, entropy, entropy_t1, on_support)
