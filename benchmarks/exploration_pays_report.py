@@ -7,8 +7,9 @@
 Everything :mod:`exploration_report` reports per configuration (held-out greedy success,
 criteria met, the hidden criterion, pass@k, entropy, zero-advantage groups, tokens, steps,
 test-time rounds), and besides: wall time, the teacher's forward tokens, the share of
-revisions that met every criterion (first and last 20 steps), and held-out success against
-wall time. Writes ``benchmarks/results/exploration_pays.json``.
+revisions that met every criterion (first and last 20 steps), each loss term's mean gradient
+weight per step (``grad/<term>/up`` and ``/down``), and held-out success against wall time.
+Writes ``benchmarks/results/exploration_pays.json``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ base.CURVES = base.CURVES + ("herl/distilled", "distill/divergence", "loss/disti
 def extras(run: Path) -> dict:
     records = base.read(run)
     revision = [r["herl/revision_success"] for r in records if "herl/revision_success" in r]
-    return {"seconds": float(sum(r.get("time/step", 0.0) for r in records)),
+    weights = {k: float(np.mean([r[k] for r in records if k in r]))
+               for k in sorted({k for r in records for k in r if k.startswith("grad/")})}
+    return {**weights, "seconds": float(sum(r.get("time/step", 0.0) for r in records)),
             "teacher_tokens": float(sum(r.get("herl/teacher_tokens", 0) for r in records)),
             "revision_first": float(np.mean(revision[:20])) if revision else None,
             "revision_last": float(np.mean(revision[-20:])) if revision else None}

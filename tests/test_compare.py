@@ -17,10 +17,11 @@ def test_parse_spec():
     assert parse_spec("grpo+dapo")[1][-1] == "epsilon_high=0.28"
     # methods of joined presets are joined, not overwritten
     assert parse_spec("herl_original+e3_temperature")[1] == [
-        "herl.context=original", "e3.budget=false", "method=herl+e3"]
+        "herl.teach=revise", "herl.context=original", "e3.budget=false", "method=herl+e3"]
     from explorl.config import load_config
 
-    for name in ("gspo", "cispo", "e3_budget_mixed", "herl_blank", "herl+e3", "ppo+e3"):
+    for name in ("gspo", "cispo", "e3_budget_mixed", "herl_blank", "herl+e3", "ppo+e3",
+                 "herl_luffy", "herl_sft", "herl_reference+herl_blank", "herl_negatives"):
         load_config(None, parse_spec(name)[1])  # every preset is a valid configuration
     assert parse_spec("ppo+e3")[1] == ["method=ppo+e3"]
     for name in ("ilql", "filtered_bc"):  # offline: valid once given scored samples

@@ -211,7 +211,7 @@ def test_a_pass_over_the_data_changes_the_budget_with_its_first_batch(tmp_path):
     trainer = Trainer(TrainConfig(
         output_dir=str(tmp_path / "run"), max_steps=6, prompts_per_step=4, num_generations=4,
         method="e3", e3=E3Config(adaptive_temperature=False, budget_min=2, budget_max=6,
-                                 budget_rerank="epoch"),
+                                 budget_rerank="epoch", pilot_samples=0),  # the paper's rule
         eval_size=8, task_train_size=16, progress=False, plots=False, save_every=0))
     frozen = []
     allocate = trainer.budget.allocate

@@ -46,7 +46,7 @@ def test_logprobs_and_entropy_use_each_rows_temperature():
     comp = torch.tensor([[7, 8], [9, 1]])
     cmask = torch.ones_like(comp)
     temps = torch.tensor([0.5, 2.0])
-    logps, ent, _ = completion_logprobs(model, prompt, pmask, comp, cmask, temps)
+    logps, ent, _, _ = completion_logprobs(model, prompt, pmask, comp, cmask, temps)
     for i in range(2):  # the same row alone, unpadded, by hand
         keep = pmask[i].bool()
         ids = torch.cat([prompt[i][keep], comp[i]]).unsqueeze(0)
