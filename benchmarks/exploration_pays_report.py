@@ -60,7 +60,8 @@ def wall_time_figure(root: Path, out: Path) -> None:
         n = min(len(c) for c in curves)
         x = np.mean([[p[0] for p in c[:n]] for c in curves], axis=0)
         y = np.mean([[p[1] for p in c[:n]] for c in curves], axis=0)
-        ax.plot(x, y, color=f"C{i % 10}", marker="o", markersize=3, label=config.name)
+        ax.plot(x, y, color=f"C{i % 10}", linestyle="-" if i < 10 else "--", marker="o",
+                markersize=3, label=config.name)
     ax.legend(loc="best", fontsize="small")
     save_figure(fig, out / root.name / "eval_accuracy_vs_seconds.png")
 

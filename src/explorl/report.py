@@ -187,7 +187,7 @@ def _plot_metric(
     ax.xaxis.set_major_formatter(EngFormatter())
     marker = None if smooth else "o"
     for i, (label, curves) in enumerate(per_label.items()):
-        color = f"C{i % 10}"
+        color, style = f"C{i % 10}", "-" if i < 10 else "--"  # ten colours, then dashed
         if len(curves) > 1:
             for x, y in curves:
                 ax.plot(x, y, color=color, linewidth=0.7, alpha=0.35, marker=marker, markersize=2)
@@ -197,6 +197,7 @@ def _plot_metric(
                 mx,
                 my,
                 color=color,
+                linestyle=style,
                 linewidth=2.2,
                 label=f"{label} (n={len(curves)})",
                 marker=marker if len(curves) == 1 else None,
