@@ -26,7 +26,7 @@ ARITH=(--seeds 3 --output $OUT/arithmetic --set learning_rate=2e-4
 stage=${1:-all}
 if [[ $stage == rare || $stage == all ]]; then
   ( $EXPLORL compare grpo grpo+herl_distill grpo+herl_distill+herl_blank grpo+herl_sft \
-        grpo+herl_sft+herl_blank grpo+e3_budget "${RARE[@]}" ) &
+        grpo+herl_sft+herl_blank grpo+e3_budget grpo+herl_teach_both "${RARE[@]}" ) &
   ( $EXPLORL compare grpo+herl_reference grpo+herl_luffy grpo+herl_luffy+herl_blank \
         grpo+herl_distill+e3_temperature "${RARE[@]}"
     # what collapses the hindsight context, one seed each: the revisions' negatives alone, and

@@ -3,13 +3,13 @@
 A SPEC is a preset name (``grpo``, ``dapo``, ``dr_grpo``, ``rloo``, ``gspo``, ``cispo``, ``ppo``,
 ``ilql``, ``filtered_bc`` (offline: give them ``dataset=samples.jsonl``), ``e3_budget``,
 ``e3_budget_mixed``, ``e3_temperature``, ``e3``, ``herl`` (hindsight self-distillation),
-``herl_reference`` (the reference's revisions), ``herl_blank`` (the blank-list control of
-either), ``herl_both``, ``herl_on_policy``, ``herl_negatives``, ``herl_luffy``, ``herl_sft``, the
-exploration baselines ``clip_higher``, ``dynamic_sampling``, ``top_entropy``,
-``adaptive_entropy``, ...), presets joined with ``+``
-(their methods are joined too: ``herl+e3``), or ``label:key=value,key=value``. Each
-run lives in ``<output>/<label>/seed<k>``; rerunning the same command resumes unfinished runs and
-reuses finished ones.
+``herl_reference`` (the reference's revisions), ``herl_teach_both`` (distillation and
+revisions), ``herl_blank`` (the blank-list control of either), ``herl_both``,
+``herl_on_policy``, ``herl_negatives``, ``herl_luffy``, ``herl_sft``, the exploration
+baselines ``clip_higher``, ``dynamic_sampling``, ``top_entropy``, ``adaptive_entropy``, ...),
+presets joined with ``+`` (their methods are joined too: ``herl+e3``), or
+``label:key=value,key=value``. Each run lives in ``<output>/<label>/seed<k>``; rerunning the
+same command resumes unfinished runs and reuses finished ones.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ PRESETS: dict[str, list[str]] = {
     "herl": ["method=herl"],
     "herl_distill": ["method=herl", "herl.teach=distill"],
     "herl_reference": ["method=herl", "herl.teach=revise"],
+    "herl_teach_both": ["method=herl", "herl.teach=both"],
     "herl_hindsight": ["method=herl", "herl.teach=revise", "herl.bonus_alpha=0"],
     "herl_original": ["method=herl", "herl.teach=revise", "herl.context=original"],
     "herl_blank": ["method=herl", "herl.blank_hindsight=true"],

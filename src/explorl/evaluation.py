@@ -79,7 +79,7 @@ def evaluate(engine: RolloutEngine, tokenizer, rows: list[dict],
             rep_prompts = [r["prompt"] for r in rep_rows]
             good = _correct(reward_fn, rep_rows, rep_prompts, sample_texts, sample_ids,
                             threshold, codec, timeout=reward_timeout)
-            np.add.at(counts, s + out.group_ids.numpy(), np.array(good, dtype=int))
+            np.add.at(counts, s + out.group_ids.cpu().numpy(), np.array(good, dtype=int))
         result["pass_at_k"] = {str(k): float(np.mean([pass_at_k(n, int(c), k) for c in counts]))
                                for k in sorted(pass_k)}
         result[f"avg_at_{n}"] = float(np.mean(counts / n))

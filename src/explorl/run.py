@@ -110,18 +110,22 @@ class RunLoop:
 
     def boundary(self) -> dict:
         """What a step changes before its update, to put back when a signal abandons it: the
-        global random generators, and the parts a subclass names in :meth:`boundary_parts`."""
-        return {"rng": (random.getstate(), np.random.get_state(), torch.get_rng_state()),
+        global random generators (every CUDA device's too), and the parts a subclass names in
+        :meth:`boundary_parts`."""
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        return {"rng": (random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda),
                 "parts": {k: copy.deepcopy(p.state()) for k, p in self.boundary_parts().items()}}
 
     def boundary_parts(self) -> dict:
         return {}
 
     def restore(self, boundary: dict) -> None:
-        python, numpy, torch_state = boundary["rng"]
+        python, numpy, torch_state, cuda = boundary["rng"]
         random.setstate(python)
         np.random.set_state(numpy)
         torch.set_rng_state(torch_state)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
         for name, part in self.boundary_parts().items():
             part.load(boundary["parts"][name])
 

@@ -12,7 +12,7 @@ def build_engine(cfg, model, tokenizer) -> RolloutEngine:
     if cfg.engine == "fast":
         from explorl.rollout.fast import FastEngine
 
-        return FastEngine(model, tokenizer, top_p=cfg.top_p)
+        return FastEngine(model, tokenizer, top_p=cfg.top_p, compile_decode=cfg.compile_decode)
     return HFEngine(model, tokenizer, top_p=cfg.top_p)
 
 

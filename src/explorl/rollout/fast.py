@@ -24,6 +24,7 @@ from transformers.cache_utils import DynamicLayer
 
 from explorl.batch import Rollout
 from explorl.models.policy import positions
+from explorl.rollout.captured import CapturedDecode
 from explorl.rollout.engine import (
     completion_mask_from,
     eos_token_ids,
@@ -93,12 +94,18 @@ class PreallocatedLayer(DynamicLayer):
         self._views()
 
 
+def filled(layer: DynamicLayer) -> bool:
+    """Whether the layer holds keys (``is_initialized`` from transformers 4.57; before it, keys
+    stay None until the first update)."""
+    return getattr(layer, "is_initialized", layer.keys is not None)
+
+
 def preallocate(cache: DynamicCache, capacity: int) -> None:
     """Swap each full-attention layer of ``cache`` for a :class:`PreallocatedLayer` of
     ``capacity`` positions holding the same keys and values (sliding-window and other layers
     stay as they are)."""
     cache.layers = [PreallocatedLayer(layer.keys, layer.values, capacity)
-                    if type(layer) is DynamicLayer and layer.is_initialized else layer
+                    if type(layer) is DynamicLayer and filled(layer) else layer
                     for layer in cache.layers]
 
 
@@ -118,17 +125,21 @@ class FastEngine:
     With ``record_logprobs=True`` (default False) each ``generate`` leaves ``sampled_logps``
     ([N, Lc] float on the CPU, 0 at padding): the log-prob of each sampled token under
     ``softmax(logits / T)``, the distribution before top-p filtering (the one
-    ``completion_logprobs`` computes).
+    ``completion_logprobs`` computes). With ``compile_decode=True`` (default False) the decode
+    step is compiled over a static cache (:mod:`explorl.rollout.captured`; a CUDA graph on a
+    GPU): the same tokens from the same logits, finished rows kept in the batch.
     """
 
     def __init__(self, model, tokenizer, top_p: float = 1.0, generation_batch_size: int = 0,
-                 greedy_batch_size: int = 256, record_logprobs: bool = False):
+                 greedy_batch_size: int = 256, record_logprobs: bool = False,
+                 compile_decode: bool = False):
         self.model, self.tokenizer, self.top_p = model, tokenizer, top_p
         self.generation_batch_size = generation_batch_size
         self.greedy_batch_size = greedy_batch_size
         self.record_logprobs = record_logprobs
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.sampled_logps: torch.Tensor | None = None
+        self.captured = CapturedDecode(model, cache_kwarg(model)) if compile_decode else None
 
     def generate(self, prompts, num_samples, temperatures, max_new_tokens) -> Rollout:
         if not sum(num_samples):
@@ -148,8 +159,8 @@ class FastEngine:
         completion_ids = right_pad_cat(outs, pad)
         completion_mask, truncated = completion_mask_from(completion_ids, self.eos_ids)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
-        if self.record_logprobs:
-            self.sampled_logps = right_pad_cat(logps, 0.0).cpu()
+        if self.record_logprobs:  # 0 after EOS, where a captured decode keeps sampling
+            self.sampled_logps = (right_pad_cat(logps, 0.0) * completion_mask).cpu()
         return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
                        torch.tensor(groups, dtype=torch.long), truncated).to(self.model.device)
 
@@ -196,14 +207,15 @@ class FastEngine:
         model.eval()
         try:
             with torch.inference_mode():
-                return self._decode_loop(prompts, rows, max_new_tokens, eos_ids, choose)
+                loop = self._captured_loop if self.captured else self._decode_loop
+                return loop(prompts, rows, max_new_tokens, eos_ids, choose)
         finally:
             model.train(was_training)
 
-    def _prefill(self, prompts: list[list[int]], rows: list[int], capacity: int):
-        """Encode each prompt once; return the cache (one row per sample, ``capacity``
-        positions), the forward keywords of a decode step, the samples' attention mask and the
-        logits of their first token."""
+    def _prefill(self, prompts: list[list[int]], rows: list[int], capacity: int | None):
+        """Encode each prompt once; return the cache (one row per sample, preallocated to
+        ``capacity`` positions unless None), the forward keywords of a decode step, the
+        samples' attention mask and the logits of their first token."""
         model, device = self.model, self.model.device
         ids, mask = (t.to(device) for t in left_pad(prompts, self.tokenizer.pad_token_id))
         cache = DynamicCache(config=model.config)
@@ -213,7 +225,8 @@ class FastEngine:
         index = torch.tensor(rows, device=device)
         if rows != list(range(len(prompts))):  # samples continue their prompt's cache
             cache.batch_select_indices(index)
-        preallocate(cache, capacity)
+        if capacity is not None:
+            preallocate(cache, capacity)
         return cache, step_kwargs, mask[index], logits[index, -1].float()
 
     def _decode_loop(self, prompts, rows, max_new_tokens, eos_ids, choose) -> torch.Tensor:
@@ -240,3 +253,23 @@ class FastEngine:
             logits, position = logits.float(), position + 1
         return out[:, :0]  # max_new_tokens == 0
 
+    def _captured_loop(self, prompts, rows, max_new_tokens, eos_ids, choose) -> torch.Tensor:
+        """The decode loop over the captured step: static shapes, so a row that has finished
+        stays in the batch, fed padding, until every row is done."""
+        capacity = max(len(p) for p in prompts) + max_new_tokens
+        cache, _, mask, logits = self._prefill(prompts, rows, None)
+        self.captured.start(cache, mask, capacity)
+        device, pad = self.model.device, self.tokenizer.pad_token_id
+        position = mask.sum(-1)
+        out = torch.full((len(rows), max_new_tokens), pad, device=device)
+        every = torch.arange(len(rows), device=device)
+        done = torch.zeros(len(rows), dtype=torch.bool, device=device)
+        eos = torch.tensor(eos_ids, device=device)
+        for step in range(max_new_tokens):
+            token = choose(logits, every, step).masked_fill(done, pad)
+            out[:, step] = token
+            done |= torch.isin(token, eos)
+            if step + 1 == max_new_tokens or done.all():
+                return out[:, :step + 1]
+            logits, position = self.captured.step(token, position), position + 1
+        return out[:, :0]  # max_new_tokens == 0
