@@ -51,7 +51,6 @@ def cmd_train(ns: argparse.Namespace) -> int:
         return 0
     trainer = Trainer(cfg)
     summary = trainer.train()
-    trainer.dist.close()
     if not trainer.dist.is_main:  # one report per run, not one per process
         return 0
     print(before_after_table(summary))

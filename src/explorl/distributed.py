@@ -305,13 +305,6 @@ class Parallel:
         if self.world > 1:
             self.accelerator.wait_for_everyone()
 
-    def close(self) -> None:
-        """Leave the process group together, so that no process exits while another still
-        talks to it (a process whose collective threads outlive the group aborts)."""
-        if self.world > 1 and dist.is_initialized():
-            self.barrier()
-            dist.destroy_process_group()
-
 # --- DeepSpeed ZeRO ----------------------------------------------------------------------------
 def _zero_stage(cpu: bool) -> int:
     stage = int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
