@@ -12,10 +12,8 @@ from explorl.errors import UserError
 from explorl.models.policy import completion_logprobs, load_model, load_tokenizer
 from explorl.rollout.engine import HFEngine
 from explorl.rollout.fast import FastEngine
+from tests.test_fast_engine import LOGP_ATOL  # the compiled kernels only reorder sums too
 
-# As in test_fast_engine: float32 logits along two paths that differ in summation order (the
-# compiled kernels fuse and reorder sums), about 1e-6 relative on logits of magnitude < 20.
-LOGP_ATOL = 1e-4
 ROWS, NEW = 16, 12  # one static shape for every test here: one compilation
 
 

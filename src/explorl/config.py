@@ -139,9 +139,8 @@ class HeRLConfig:
         return self.teach != "revise"
 
     def check(self, need: Need, cfg: TrainConfig) -> None:
-        for key in ("candidate_limit", "replace_top_n", "distill_top_k"):
+        for key in ("candidate_limit", "revisions", "replace_top_n", "distill_top_k"):
             need(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        need(self.revisions >= 1, "revisions", f"must be >= 1, got {self.revisions}")
         need(self.teach == "revise" or self.distill_coef > 0, "distill_coef",
              f"teach={self.teach} distils: must be > 0, got {self.distill_coef}")
         need(self.sft_coef >= 0, "sft_coef", f"must be >= 0, got {self.sft_coef}")

@@ -43,11 +43,12 @@ class DifficultyStats:
         total = sum(self.counts.values())
         return sum(self.passes.values()) / total if total else 0.5
 
-    def estimate(self, pid: str, prior_strength: float) -> float:
-        """Posterior-mean pass rate with a Beta prior centred on the run's mean pass rate."""
+    def estimate(self, pid: str, prior_strength: float, fresh: list[bool] = ()) -> float:
+        """Posterior-mean pass rate with a Beta prior centred on the run's mean pass rate, the
+        outcomes ``fresh`` (not yet recorded) counted too."""
         prior = self.mean_pass_rate()
-        return (self.passes.get(pid, 0.0) + prior_strength * prior) / (
-            self.counts.get(pid, 0) + prior_strength)
+        return (self.passes.get(pid, 0.0) + sum(fresh) + prior_strength * prior) / (
+            self.counts.get(pid, 0) + len(fresh) + prior_strength)
 
     def rate(self, pid: str) -> float | None:
         n = self.counts.get(pid, 0)
@@ -230,9 +231,7 @@ class RolloutBudget:
         within ``[n_low, n_high]``, by :func:`pilot_allocation` with pass rates from the
         run's statistics and the pilot (a Beta prior centred on the run's pass rate)."""
         rng = np.random.default_rng([self.seed, step, 1])
-        prior = self.stats.mean_pass_rate()
-        rates = [(self.stats.passes.get(pid, 0.0) + sum(f) + self.prior_strength * prior)
-                 / (self.stats.counts.get(pid, 0) + len(f) + self.prior_strength)
+        rates = [self.stats.estimate(pid, self.prior_strength, f)
                  for pid, f in zip(prompt_ids, passes)]
         size = len(prompt_ids)
         lo = [max(0, self.n_low - self.pilot)] * size
