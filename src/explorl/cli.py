@@ -175,7 +175,7 @@ def _trainer_for(ns: argparse.Namespace, raw: dict):
 
     if ns.dataset not in BUILTIN_TASKS:
         raw["eval_dataset"] = ns.dataset
-    cfg = config_from_dict(raw)
+    cfg = config_from_dict({**raw, "engine": ns.engine})
     if not Path(ns.model).exists() and not is_named_model(ns.model):
         raise UserError(f"model {ns.model!r}: no such model folder or run directory")
     if ns.ilql_beta is not None and not 0 <= ns.ilql_beta < float("inf"):
@@ -189,6 +189,9 @@ def _trainer_for(ns: argparse.Namespace, raw: dict):
     if beta is None and ns.ilql_beta is not None:
         raise UserError(f"--ilql-beta: {ns.model} has no ILQL heads (train it with "
                         "method=ilql)")
+    if beta is not None and ns.engine == "vllm":
+        raise UserError(f"--engine vllm: {ns.model} decodes with its ILQL value heads, which "
+                        "vLLM does not run; use --engine fast")
     return trainer
 
 
@@ -278,6 +281,8 @@ def _model_argument(parser, what: str) -> None:
     parser.add_argument("--ilql-beta", type=float, default=None, help="decode a method=ilql "
                         "model with logits + BETA (Q - V) (default: its saved beta; 0: its "
                         "behaviour-cloned model)")
+    parser.add_argument("--engine", choices=["fast", "hf", "vllm"], default="fast",
+                        help="the decoding engine (default fast; vllm: docs/vllm.md)")
 
 
 def _model_commands(sub) -> None:

@@ -12,6 +12,7 @@ class checks its own values in ``check``, next to its fields.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -471,15 +472,40 @@ class TrainConfig:
     temperature: float = 1.0
     """Sampling temperature. Log-probs, KL and entropy are taken from ``logits / temperature``."""
     top_p: float = 1.0
-    engine: Literal["fast", "hf"] = "fast"
+    engine: Literal["fast", "hf", "vllm"] = "fast"
     """Rollout engine: ``fast`` (each group's prompt encoded once and shared by its samples,
-    finished rows dropped from the decode batch; token-identical to ``hf`` when greedy) or
-    ``hf`` (``model.generate``)."""
+    finished rows dropped from the decode batch; token-identical to ``hf`` when greedy),
+    ``hf`` (``model.generate``) or ``vllm`` (vLLM's ``LLM`` in the trainer's process, the
+    policy's weights pushed into it after each update; ``pip install -e ".[vllm]"``,
+    docs/vllm.md). Each gives the log-probs of the tokens it sampled (``Rollout.
+    sampling_logps``) for the mismatch correction below."""
     compile_decode: bool = False
     """``engine=fast`` only: compile its decode step over a static KV cache (``torch.compile``;
     on CUDA replayed as a CUDA graph), so decoding is not bound by Python and kernel launches.
     Each new batch shape compiles once (rows rounded up to 8, positions to 64); finished rows
     stay in the batch. Same tokens as the eager step up to float summation order."""
+    vllm_importance_sampling_correction: bool = True
+    """Weight each token's policy loss by the importance ratio between the trainer's
+    probability and the engine's (``rho = pi_trainer / pi_engine`` of the sampled token), so
+    that an engine whose numbers differ from the trainer's (vLLM, bf16 generation under a
+    float32 trainer, a compiled decode step) does not bias the update. Applies to any engine
+    that gives sampling log-probs (all built-in ones); TRL's name and default."""
+    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate",
+                                           "sequence_mask"] = "sequence_mask"
+    """``token_*``: one ratio per token; ``sequence_*``: one per completion, the product of its
+    tokens' ratios. ``*_truncate``: ratios bounded at the cap; ``*_mask``: tokens (or whole
+    completions) past the cap left out of the loss. Default ``sequence_mask``, as TRL's."""
+    vllm_importance_sampling_cap: float = 3.0
+    """The cap on the importance ratio (TRL's default 3.0)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """``engine=vllm`` on a GPU: the share of the GPU's memory vLLM takes (weights and KV
+    cache); the rest is left to training. TRL's name and its colocate default."""
+    vllm_kv_cache_gb: float | None = None
+    """``engine=vllm``: GiB of KV cache. On the CPU it sets ``VLLM_CPU_KVCACHE_SPACE``
+    (default 1); on a GPU it replaces ``vllm_gpu_memory_utilization`` when set."""
+    vllm_max_model_length: int | None = None
+    """``engine=vllm``: the longest prompt + completion vLLM serves; default
+    ``max_prompt_length + max_completion_length``, at most the model's positions."""
     max_prompt_length: int = 512
     max_completion_length: int = 16
     mask_truncated_completions: bool = False
@@ -635,6 +661,7 @@ class TrainConfig:
         need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
         need(not self.compile_decode or self.engine == "fast", "compile_decode",
              f"compiles the fast engine's decode step; engine={self.engine}")
+        self._check_vllm(need)
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(self.max_grad_norm > 0, "max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
         need(0 <= self.reward_failure_limit <= 1, "reward_failure_limit", "must be in [0, 1]")
@@ -652,6 +679,19 @@ class TrainConfig:
         if self.offline:
             self._check_offline(need)
         self._check_loss(need)
+
+    def _check_vllm(self, need: Need) -> None:
+        need(self.vllm_importance_sampling_cap > 0, "vllm_importance_sampling_cap",
+             f"must be > 0, got {self.vllm_importance_sampling_cap}")
+        need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
+             f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        need(self.vllm_kv_cache_gb is None or self.vllm_kv_cache_gb > 0, "vllm_kv_cache_gb",
+             f"must be > 0 (or none), got {self.vllm_kv_cache_gb}")
+        need(self.vllm_max_model_length is None or self.vllm_max_model_length >= 2,
+             "vllm_max_model_length", "must be >= 2 (or none)")
+        if self.engine == "vllm":
+            need(importlib.util.find_spec("vllm") is not None, "engine", "vllm is not "
+                 "installed: pip install -e \".[vllm]\" as docs/vllm.md says, or engine=fast")
 
     def _check_exploration(self, need: Need) -> None:
         """Exploration methods that fight each other."""
@@ -697,6 +737,8 @@ class TrainConfig:
              "weights; use bf16=true")
         need(self.beta == 0, "beta", f"method={self.algorithm} has no reference model; set "
              "beta=0")
+        need(self.algorithm != "ilql" or self.engine != "vllm", "engine", "method=ilql decodes "
+             "with its value heads, which vLLM does not run; use engine=fast")
 
     def _check_loss(self, need: Need) -> None:
         need(self.advantage_estimator != "dr_grpo" or self.scale_rewards in ("auto", "none"),

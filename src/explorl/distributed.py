@@ -83,6 +83,9 @@ class Parallel:
         if cfg.uses("herl") and cfg.herl.guide_kind != "policy" and self.world > 1:
             raise UserError(f"herl.guide: {cfg.herl.guide_kind} (a copy of the model) runs in "
                             "one process; under a launcher use herl.guide=policy")
+        if cfg.engine == "vllm" and self.world > 1:
+            raise UserError("engine: vllm runs in one process here (one engine per process is "
+                            "not tested); under a launcher use engine=fast")
         if cfg.uses("ppo") and self.world > 1:
             raise UserError("method: ppo runs in one process (its critic is not distributed); "
                             "start it without a launcher")

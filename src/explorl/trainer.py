@@ -19,7 +19,12 @@ from pathlib import Path
 import torch
 
 from explorl.algorithms import build_algorithm
-from explorl.algorithms.terms import EntropyBonus, KLPenalty, PolicyGradient
+from explorl.algorithms.terms import (
+    EntropyBonus,
+    KLPenalty,
+    MismatchCorrection,
+    PolicyGradient,
+)
 from explorl.algorithms.update import PolicyUpdate
 from explorl.batch import Advantages, ScoredBatch, TrainBatch
 from explorl.config import TrainConfig, save_config, validate
@@ -142,6 +147,11 @@ class Trainer(RunLoop):
         self.train_model, self.optimizer = self.dist.prepare(
             self.model, partial(make_optimizer, cfg), cfg.max_grad_norm)
         self.engine = (engine or partial(build_engine, cfg))(self.model, self.tokenizer)
+        if cfg.vllm_importance_sampling_correction and \
+                not getattr(self.engine, "gives_sampling_logps", False):
+            raise UserError("vllm_importance_sampling_correction: the engine gives no sampling "
+                            "log-probs (Rollout.sampling_logps, gives_sampling_logps=True); "
+                            "return them or set it false")
         self.collect = Collector(self.engine, self.scorer, self.tokenizer, self.dist,
                                  self.device)
         self.algorithm = build_algorithm(cfg, self.device)
@@ -185,7 +195,10 @@ class Trainer(RunLoop):
     def _terms(self) -> list:
         """The loss: the algorithm's policy gradient, HeRL's revision term, KL, entropy."""
         cfg = self.cfg
-        terms = [PolicyGradient(self.algorithm.policy_loss)]
+        correction = MismatchCorrection(cfg.vllm_importance_sampling_mode,
+                                        cfg.vllm_importance_sampling_cap) \
+            if cfg.vllm_importance_sampling_correction else None
+        terms = [PolicyGradient(self.algorithm.policy_loss, correction)]
         terms += self.hindsight.terms() if self.hindsight else []
         terms += [KLPenalty(cfg.beta, cfg.kl_estimator)] if cfg.beta > 0 else []
         terms += [EntropyBonus(cfg.entropy.coef)] if cfg.entropy.coef or self.entropy_bonus \

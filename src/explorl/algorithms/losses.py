@@ -131,3 +131,36 @@ def support_divergence(student: torch.Tensor, teacher: torch.Tensor, kind: str,
         m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), dim=0)
         return beta * (t.exp() * (t - m)).sum(-1) + (1 - beta) * (s.exp() * (s - m)).sum(-1)
     raise ValueError(f"unknown divergence {kind!r}")
+
+
+def mismatch_weights(trainer_logps: torch.Tensor, sampling_logps: torch.Tensor,
+                     mask: torch.Tensor, mode: str,
+                     cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Importance weights ``[N, L]`` correcting for an engine whose probabilities differ from
+    the trainer's (TRL's ``vllm_importance_sampling_*``; Yao et al. 2025, "Your efficient RL
+    framework secretly brings you off-policy RL training"): ``rho = pi_trainer / pi_engine`` of
+    each sampled token (``token_*``), or one ratio per completion, the product over its masked
+    tokens (``sequence_*``); ``*_truncate`` bounds it at ``cap``, ``*_mask`` zeroes it past
+    ``cap``. Tokens whose engine log-prob is NaN (not known) weigh 1. No gradient. Returns
+    (weights, where the cap truncated or masked a token of ``mask``)."""
+    known = ~sampling_logps.isnan()
+    used = known & mask.bool()
+    diff = torch.where(used, trainer_logps.detach() - sampling_logps, 0.0)
+    if mode.startswith("sequence"):
+        diff = diff.sum(-1, keepdim=True).expand_as(diff)
+    ratio = torch.exp(diff)
+    over = ratio > cap
+    if mode.endswith("truncate"):
+        weights = ratio.clamp(max=cap)
+    elif mode.endswith("mask"):
+        weights = torch.where(over, 0.0, ratio)
+    else:
+        raise ValueError(f"unknown importance sampling mode {mode!r}")
+    return torch.where(known, weights, 1.0), over & used
+
+
+def mismatch_kl(trainer_logps: torch.Tensor, sampling_logps: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(engine || trainer) estimate from the engine's samples, ``r - 1 - log r``
+    with ``r = pi_trainer / pi_engine`` (k3: non-negative); 0 where the engine's is unknown."""
+    d = (trainer_logps.detach() - sampling_logps).nan_to_num(0.0)
+    return torch.expm1(d) - d  # expm1: float32 keeps tiny mismatches (|d| ~ 1e-6) above 0

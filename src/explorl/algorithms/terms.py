@@ -20,7 +20,12 @@ from typing import Protocol
 
 import torch
 
-from explorl.algorithms.losses import kl_estimate, support_divergence
+from explorl.algorithms.losses import (
+    kl_estimate,
+    mismatch_kl,
+    mismatch_weights,
+    support_divergence,
+)
 from explorl.batch import UpdateBatch
 
 
@@ -56,16 +61,29 @@ PolicyLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
 """(logps, old_logps, advantages, mask) -> (per-token loss, where clipping bound it)."""
 
 
+@dataclass(frozen=True)
+class MismatchCorrection:
+    """The engine/trainer mismatch correction's ``mode`` (``token|sequence`` x
+    ``truncate|mask``) and ``cap`` (:func:`~explorl.algorithms.losses.mismatch_weights`)."""
+
+    mode: str = "sequence_mask"
+    cap: float = 3.0
+
+
 class PolicyGradient:
     """The algorithm's policy-gradient surrogate (clip, dual clip, GSPO, CISPO, PPO's clip) on
     the rows marked ``policy`` (all when unmarked); with ``top_entropy_quantile`` only on the
-    tokens ``policy_mask`` keeps. The ratio's denominator is the sampling policy's log-probs,
-    or the current ones detached when one optimizer step makes the ratio exactly 1."""
+    tokens ``policy_mask`` keeps. The ratio's denominator is the sampling policy's log-probs
+    under the trainer, or the current ones detached when one optimizer step makes the ratio
+    exactly 1. With a ``correction`` and a rollout that carries the engine's sampling
+    log-probs, each token's loss is weighted by the trainer/engine importance ratio, and the
+    mismatch is reported (``mismatch/kl``, ``mismatch/capped``)."""
 
     name, coef, needs = "policy", 1.0, frozenset()
 
-    def __init__(self, loss: PolicyLoss):
+    def __init__(self, loss: PolicyLoss, correction: MismatchCorrection | None = None):
         self.loss = loss  # the algorithm's ``policy_loss``
+        self.correction = correction
 
     def __call__(self, x: TermInputs, coef: float) -> TermOutput:
         b = x.batch
@@ -73,7 +91,18 @@ class PolicyGradient:
         per_token, clipped = self.loss(x.logps, old, b.advantages, x.mask)
         if b.policy_mask is not None:  # the other tokens carry none
             per_token = per_token * b.policy_mask
-        return TermOutput(per_token, clipped)
+        sampling = b.rollout.sampling_logps
+        if self.correction is None or sampling is None:
+            return TermOutput(per_token, clipped)
+        # ``old`` is the trainer's at sampling time: the engine sampled from the same weights
+        weights, capped = mismatch_weights(old, sampling, x.mask, self.correction.mode,
+                                           self.correction.cap)
+        known = x.mask * ~sampling.isnan()
+        if b.rows_of(self.name) is not None:  # measured on the rows this term trains
+            known = known * b.rows_of(self.name)
+        sums = {"mismatch/kl": (mismatch_kl(old, sampling) * known).sum(),
+                "mismatch/capped": (capped * known).sum(), "mismatch/tokens": known.sum()}
+        return TermOutput(per_token * weights, clipped, sums)
 
 
 class KLPenalty:

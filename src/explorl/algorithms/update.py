@@ -186,7 +186,8 @@ def gradient_weight(name: str, share: torch.Tensor, *inputs: torch.Tensor | None
 
 def update_metrics(steps: list[tuple[dict, dict]], top_entropy: float | bool = False) -> dict:
     """The metrics of an update's optimizer steps together: token quantities (KL, entropy,
-    clip fraction) over every step's tokens; losses, gradient norms and the algorithm's own
+    clip fraction) over every step's tokens, the engine/trainer mismatch over the tokens whose
+    engine log-probs are known; losses, gradient norms and the algorithm's own
     numbers (a critic's) averaged over the steps, and so are each term's loss and gradient
     weights; skipped steps counted. ``top_entropy``: the
     share of trained tokens that carried the policy loss, when not all did."""
@@ -204,6 +205,9 @@ def update_metrics(steps: list[tuple[dict, dict]], top_entropy: float | bool = F
         out["entropy_t1"] = total("entropy_t1") / generated
     out.update({k: total(k) / n for k in steps[0][0] if k.startswith(("loss/", "grad/"))})
     out.update({k: total(k) / tokens for k in steps[0][0] if k.startswith("distill/")})
+    if total("mismatch/tokens"):  # over the tokens whose engine log-probs are known
+        out.update({k: total(k) / total("mismatch/tokens") for k in ("mismatch/kl",
+                                                                      "mismatch/capped")})
     out.update({k: sum(extra[k] for _, extra in steps) / n for k in steps[0][1]})
     if top_entropy is not False:
         out["top_entropy/kept"] = top_entropy

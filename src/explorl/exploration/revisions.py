@@ -43,9 +43,18 @@ def build_rollout(rows: list[Sample], pad_id: int, group_ids: torch.Tensor) -> R
 
 def splice(rollout: Rollout, writes: dict[int, Sample], pad_id: int) -> Rollout:
     """``rollout`` with row ``slot`` overwritten by ``writes[slot]``; group ids and the row count
-    stay, so the written samples are normalised with their group."""
+    stay, so the written samples are normalised with their group. The written rows' sampling
+    log-probs are not known (NaN): they were sampled under another prompt."""
     rows = [writes.get(i) or sample_at(rollout, i) for i in range(len(rollout))]
-    return build_rollout(rows, pad_id, rollout.group_ids).to(rollout.group_ids.device)
+    out = build_rollout(rows, pad_id, rollout.group_ids).to(rollout.group_ids.device)
+    if rollout.sampling_logps is not None:
+        width = out.completion_ids.shape[1]
+        logps = torch.nn.functional.pad(rollout.sampling_logps,
+                                        (0, max(0, width - rollout.sampling_logps.shape[1])))
+        logps = logps[:, :width].clone()
+        logps[list(writes)] = math.nan
+        out.sampling_logps = logps
+    return out
 
 
 class RevisionBuffer:

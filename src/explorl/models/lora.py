@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import torch
+
 from explorl.errors import UserError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -94,3 +96,30 @@ def merge_lora(model):
     """The base model with the adapters folded into its weights, ready for ``save_pretrained``.
     This changes ``model`` in place (its adapters are gone afterwards): call it last."""
     return model.merge_and_unload() if is_lora(model) else model
+
+
+def _base_name(name: str) -> str:
+    """A PEFT model's parameter or module name as the base model's checkpoint names it."""
+    return name.removeprefix("base_model.model.").replace(".base_layer", "")
+
+
+def base_weights(model) -> dict[str, torch.Tensor]:
+    """The base model's own weights (adapters left out, not folded in), by checkpoint name."""
+    return {_base_name(k): v.detach() for k, v in model.state_dict().items() if "lora_" not in k}
+
+
+@torch.no_grad()
+def merged_adapted_weights(model) -> dict[str, torch.Tensor]:
+    """The weight of every layer that carries adapters, with the active adapters folded in
+    (``W + B A * scale``), by checkpoint name; the model is left as it is."""
+    from peft.tuners.lora import LoraLayer
+
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight.detach()
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A:
+                    weight = weight + module.get_delta_weight(adapter)
+            out[_base_name(name) + ".weight"] = weight
+    return out

@@ -4,7 +4,9 @@ A request is a list of tokenised prompts, how many samples each gets and the tem
 drawn at. Counts and temperatures may differ per prompt: E3 gives harder prompts more samples and
 changes the temperature between steps; HeRL samples revisions at its own temperature. An engine
 also decodes greedily, for evaluation and test-time revision. The trainer, evaluation and
-``improve`` take any object with these two methods.
+``improve`` take any object with these two methods. An engine that fills
+``Rollout.sampling_logps`` says so with ``gives_sampling_logps = True``: the trainer then
+corrects for whatever its probabilities differ from the trainer's.
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    TopPLogitsWarper,
+)
 
 from explorl.batch import Rollout
 
 
 class RolloutEngine(Protocol):
+    gives_sampling_logps: bool
+
     def generate(
         self,
         prompts: list[list[int]],
@@ -31,6 +40,32 @@ class RolloutEngine(Protocol):
     def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         """The greedy completion of each prompt (token ids up to, not including, EOS)."""
         ...
+
+
+class _SampledLogps(LogitsProcessor):
+    """Records the log-prob of each sampled token under the scores it sees (as the last
+    processor: the distribution sampled from): a call keeps the step's log-softmax and reads
+    the token that the previous step sampled from the ids it is given; :meth:`result` reads
+    the last one."""
+
+    def __init__(self):
+        self.last: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:
+            self.steps.append(self.last.gather(-1, input_ids[:, -1:]).squeeze(-1))
+        self.last = scores.float().log_softmax(-1)
+        return scores
+
+    def result(self, completion_ids: torch.Tensor) -> torch.Tensor:
+        """``[n, T]`` log-probs of ``completion_ids`` (the tokens generated)."""
+        done = len(self.steps)
+        if self.last is not None and done < completion_ids.shape[1]:
+            self.steps.append(self.last.gather(-1, completion_ids[:, done:done + 1]).squeeze(-1))
+        if not self.steps:
+            return torch.zeros(completion_ids.shape, device=completion_ids.device)
+        return torch.stack(self.steps, dim=1)
 
 
 class _RowTemperature(LogitsProcessor):
@@ -85,7 +120,11 @@ class HFEngine:
     """Sampling with ``model.generate`` (KV cache), per-row temperatures, ``top_p`` and EOS.
 
     ``generation_batch_size`` rows are sampled at a time (0: all at once); greedy decoding runs
-    ``greedy_batch_size`` prompts at a time (default 256)."""
+    ``greedy_batch_size`` prompts at a time (default 256). Rollouts carry the sampled tokens'
+    log-probs under the distribution they were drawn from (``softmax(logits / T)``, within the
+    top-p nucleus when ``top_p < 1``)."""
+
+    gives_sampling_logps = True
 
     def __init__(self, model, tokenizer, top_p: float = 1.0, generation_batch_size: int = 0,
                  greedy_batch_size: int = 256):
@@ -106,33 +145,40 @@ class HFEngine:
         prompt_ids, prompt_mask = (t.to(device) for t in left_pad(rows, pad))
         temperature = torch.tensor(temps, device=device)
         chunk = self.generation_batch_size or len(rows)
-        outs = []
+        outs, logps = [], []
         for s in range(0, len(rows), chunk):
             with torch.inference_mode():  # cheaper than no_grad; outputs cloned out of it
-                out = self._sample(prompt_ids[s:s + chunk], prompt_mask[s:s + chunk],
-                                   temperature[s:s + chunk], max_new_tokens)
+                out, lp = self._sample(prompt_ids[s:s + chunk], prompt_mask[s:s + chunk],
+                                       temperature[s:s + chunk], max_new_tokens)
             outs.append(out.clone())
+            logps.append(lp.clone())
         completion_ids = right_pad_cat(outs, pad)
         completion_mask, truncated = completion_mask_from(completion_ids, self.eos_ids)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
         return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
-                       torch.tensor(groups, dtype=torch.long, device=device), truncated)
+                       torch.tensor(groups, dtype=torch.long, device=device), truncated,
+                       right_pad_cat(logps, 0.0) * completion_mask)
 
-    def _sample(self, ids, mask, temperature, max_new_tokens) -> torch.Tensor:
+    def _sample(self, ids, mask, temperature,
+                max_new_tokens) -> tuple[torch.Tensor, torch.Tensor]:
         was_training = self.model.training
         self.model.eval()
         config = GenerationConfig(
-            do_sample=True, temperature=1.0, top_k=0, top_p=self.top_p,
+            do_sample=True, temperature=1.0, top_k=0, top_p=1.0,  # top-p: ours, below
             max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids,
             pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
         )
+        record = _SampledLogps()  # the distribution sampled from: tempered, then top-p
+        nucleus = [TopPLogitsWarper(self.top_p)] if self.top_p < 1 else []
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, generation_config=config,
-            logits_processor=LogitsProcessorList([_RowTemperature(temperature)]),
+            logits_processor=LogitsProcessorList([_RowTemperature(temperature), *nucleus,
+                                                  record]),
             synced_gpus=False,  # never in lockstep: under FSDP the weights are gathered first
         )
         self.model.train(was_training)
-        return out[:, ids.shape[1]:]
+        completion = out[:, ids.shape[1]:]
+        return completion, record.result(completion)
 
     def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
         return greedy(self.model, self.tokenizer, prompts, max_new_tokens,

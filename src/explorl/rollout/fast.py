@@ -122,28 +122,26 @@ class FastEngine:
     The same protocol, arguments and output as :class:`~explorl.rollout.engine.HFEngine`:
     ``top_p`` (default 1.0: off), ``generation_batch_size`` rows sampled at a time (default 0:
     all at once), ``greedy_batch_size`` prompts decoded greedily at a time (default 256).
-    With ``record_logprobs=True`` (default False) each ``generate`` leaves ``sampled_logps``
-    ([N, Lc] float on the CPU, 0 at padding): the log-prob of each sampled token under
-    ``softmax(logits / T)``, the distribution before top-p filtering (the one
-    ``completion_logprobs`` computes). With ``compile_decode=True`` (default False) the decode
-    step is compiled over a static cache (:mod:`explorl.rollout.captured`; a CUDA graph on a
-    GPU): the same tokens from the same logits, finished rows kept in the batch.
+    Its rollouts carry ``sampling_logps``: the log-prob of each sampled token under the
+    distribution it was drawn from, ``softmax(logits / T)`` (the one ``completion_logprobs``
+    computes) within the top-p nucleus when ``top_p < 1``, 0 at padding. With
+    ``compile_decode=True`` (default False) the decode step is compiled over a static cache
+    (:mod:`explorl.rollout.captured`; a CUDA graph on a GPU): the same tokens from the same
+    logits, finished rows kept in the batch.
     """
 
+    gives_sampling_logps = True
+
     def __init__(self, model, tokenizer, top_p: float = 1.0, generation_batch_size: int = 0,
-                 greedy_batch_size: int = 256, record_logprobs: bool = False,
-                 compile_decode: bool = False):
+                 greedy_batch_size: int = 256, compile_decode: bool = False):
         self.model, self.tokenizer, self.top_p = model, tokenizer, top_p
         self.generation_batch_size = generation_batch_size
         self.greedy_batch_size = greedy_batch_size
-        self.record_logprobs = record_logprobs
         self.eos_ids = eos_token_ids(model, tokenizer)
-        self.sampled_logps: torch.Tensor | None = None
         self.captured = CapturedDecode(model, cache_kwarg(model)) if compile_decode else None
 
     def generate(self, prompts, num_samples, temperatures, max_new_tokens) -> Rollout:
         if not sum(num_samples):
-            self.sampled_logps = torch.zeros(0, 0)
             return Rollout.empty()
         groups = [g for g, n in enumerate(num_samples) for _ in range(n)]
         rows = [prompts[g] for g in groups]
@@ -159,10 +157,11 @@ class FastEngine:
         completion_ids = right_pad_cat(outs, pad)
         completion_mask, truncated = completion_mask_from(completion_ids, self.eos_ids)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
-        if self.record_logprobs:  # 0 after EOS, where a captured decode keeps sampling
-            self.sampled_logps = (right_pad_cat(logps, 0.0) * completion_mask).cpu()
+        # 0 after EOS, where a captured decode keeps sampling
+        sampling_logps = right_pad_cat(logps, 0.0) * completion_mask
         return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
-                       torch.tensor(groups, dtype=torch.long), truncated).to(self.model.device)
+                       torch.tensor(groups, dtype=torch.long), truncated,
+                       sampling_logps).to(self.model.device)
 
     def _sample(self, rows: list[list[int]], temperature: torch.Tensor,
                 max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,13 +171,12 @@ class FastEngine:
         device = self.model.device
         temps = temperature.to(device).view(-1, 1)
         logps = torch.zeros(len(rows), max_new_tokens, device=device)
-        top_p, record = self.top_p, self.record_logprobs
+        top_p = self.top_p
 
         def choose(logits, alive, step):
-            scaled = logits / temps[alive]
-            token = torch.multinomial(top_p_filter(scaled, top_p).softmax(-1), 1)
-            if record:
-                logps[alive, step] = scaled.log_softmax(-1).gather(-1, token).squeeze(-1)
+            sampled_from = top_p_filter(logits / temps[alive], top_p)
+            token = torch.multinomial(sampled_from.softmax(-1), 1)
+            logps[alive, step] = sampled_from.log_softmax(-1).gather(-1, token).squeeze(-1)
             return token.squeeze(-1)
 
         ids = self._decode(distinct, which, max_new_tokens, self.eos_ids, choose)
