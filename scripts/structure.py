@@ -32,9 +32,10 @@ FLOORS: list[tuple[str, ...]] = [
     # what a run is made of: models, data, rewards, rollouts, processes, checkpoints
     ("explorl.models", "explorl.data", "explorl.rewards", "explorl.rollout",
      "explorl.distributed", "explorl.evaluation", "explorl.checkpoint"),
-    # methods: algorithms, exploration, test-time improvement, sampling, the warm start
-    ("explorl.algorithms", "explorl.exploration", "explorl.improve", "explorl.sample",
-     "explorl.sft"),
+    # methods: algorithms, exploration, multi-turn agents, test-time improvement, sampling,
+    # the warm start
+    ("explorl.algorithms", "explorl.exploration", "explorl.agents", "explorl.improve",
+     "explorl.sample", "explorl.sft"),
     # the configuration, which names the methods and checks their settings
     ("explorl.config",),
     # runs

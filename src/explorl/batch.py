@@ -24,6 +24,11 @@ def _apply(t, fn):
     return None if t is None else fn(t)
 
 
+def added(counts: list[dict]) -> dict:
+    """Counts of several parts, key by key."""
+    return {k: sum(c.get(k, 0) for c in counts) for k in {k for c in counts for k in c}}
+
+
 @dataclass
 class Rollout:
     """Samples of one step, one row each, grouped by the prompt they answer.
@@ -44,6 +49,8 @@ class Rollout:
     group_ids: torch.Tensor  # [N] long
     truncated: torch.Tensor  # [N] bool: no EOS within max_new_tokens
     sampling_logps: torch.Tensor | None = None  # [N, Lc] float: the engine's, see above
+    tool_mask: torch.Tensor | None = None  # [N, Lc] long: 1 where the model wrote the token, 0
+    # where a tool or an environment did (multi-turn rollouts); None: the model wrote them all
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -79,7 +86,8 @@ class Rollout:
                        completion_ids=self.completion_ids[:, :completion_width],
                        completion_mask=self.completion_mask[:, :completion_width],
                        sampling_logps=_apply(self.sampling_logps,
-                                             lambda t: t[:, :completion_width]))
+                                             lambda t: t[:, :completion_width]),
+                       tool_mask=_apply(self.tool_mask, lambda t: t[:, :completion_width]))
 
     def select(self, rows) -> Rollout:
         """The rows ``rows`` (a slice, indices or a bool mask), every field alike."""
@@ -115,7 +123,10 @@ class Rollout:
                    torch.cat([p.truncated for p in parts]),
                    None if all(p.sampling_logps is None for p in parts) else torch.cat([
                        right(p.unknown_logps() if p.sampling_logps is None
-                             else p.sampling_logps, 0.0) for p in parts]))
+                             else p.sampling_logps, 0.0) for p in parts]),
+                   None if all(p.tool_mask is None for p in parts) else torch.cat([
+                       right(p.completion_mask if p.tool_mask is None else p.tool_mask, 0)
+                       for p in parts]))
 
     def unknown_logps(self) -> torch.Tensor:
         """NaN sampling log-probs in this rollout's completion shape: rows without them."""
@@ -179,13 +190,18 @@ class ScoredBatch:
     rewards: Rewards  # weighted total, per function, per-criterion grades, failures
     passed: torch.Tensor  # [N] bool: the first reward function at or above success_threshold
     seconds: dict[str, float]  # spent generating and scoring (this process)
+    metrics: dict[str, float] = field(default_factory=dict)  # counts collecting made
+    # (multi-turn rollouts: episodes, turns, tool calls and errors, tokens by role)
 
     def __len__(self) -> int:
         return len(self.rollout)
 
     @property
     def generated_tokens(self) -> int:
-        return int(self.rollout.completion_mask.sum())
+        """Tokens the model generated (a tool's answers are not)."""
+        mask = self.rollout.completion_mask
+        return int((mask if self.rollout.tool_mask is None else mask * self.rollout.tool_mask)
+                   .sum())
 
     def joined(self, other: ScoredBatch, groups: list[int], pad_id: int) -> ScoredBatch:
         """This batch with ``other``'s samples after it: more samples of this request's
@@ -198,7 +214,8 @@ class ScoredBatch:
         return ScoredBatch(Rollout.concat([self.rollout, rollout], pad_id), self.rows,
                            self.texts + other.texts,
                            Rewards.concat([self.rewards, other.rewards]),
-                           torch.cat([self.passed, other.passed]), seconds)
+                           torch.cat([self.passed, other.passed]), seconds,
+                           added([self.metrics, other.metrics]))
 
     def passes_by_prompt(self) -> list[list[bool]]:
         """Pass flags of each prompt's samples whose reward is known."""
@@ -237,9 +254,11 @@ class TrainBatch:
         return len(self.rollout)
 
     def loss_mask(self, mask_truncated: bool) -> torch.Tensor:
-        """Completion tokens that carry the loss: not those of unknown rewards, nor (with
-        ``mask_truncated``) of completions cut off without EOS."""
+        """Completion tokens that carry the loss: the model's own (not a tool's), not those of
+        unknown rewards, nor (with ``mask_truncated``) of completions cut off without EOS."""
         mask = self.rollout.completion_mask.clone()
+        if self.rollout.tool_mask is not None:  # the environment's tokens are not the policy's
+            mask = mask * self.rollout.tool_mask
         mask[self.rewards.isnan()] = 0
         if mask_truncated:
             mask[self.rollout.truncated] = 0

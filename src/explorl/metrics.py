@@ -45,6 +45,13 @@ def step_metrics(step: int, batch: ScoredBatch, update: dict, seconds: dict[str,
          "tokens/generated": batch.generated_tokens, "tokens/total": tokens_total,
          "temperature": float(batch.rollout.temperatures.mean()), "lr": lr,
          **{f"time/{k}": v for k, v in seconds.items()}, "time/step": sum(seconds.values())}
+    m.update(batch.metrics)
+    if batch.metrics.get("agent/episodes"):  # multi-turn: per episode, per call
+        episodes, calls = batch.metrics["agent/episodes"], batch.metrics["agent/tool_calls"]
+        m["agent/calls_per_episode"] = calls / episodes
+        m["agent/call_rate"] = batch.metrics["agent/episodes_with_calls"] / episodes
+        m["agent/tool_error_rate"] = batch.metrics["agent/tool_errors"] / calls \
+            if calls else 0.0
     if samples_per_prompt:
         m["samples_per_prompt"] = torch.bincount(batch.rollout.group_ids,
                                                  minlength=n_groups).tolist()

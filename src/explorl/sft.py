@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import Qwen2ForCausalLM
 
-from explorl.data import arithmetic, rubric_task
+from explorl.data import arithmetic, calculator, rubric_task
 from explorl.errors import UserError
 from explorl.evaluation import evaluate_rows
 from explorl.models.tiny import char_tokenizer, tiny_config
@@ -53,6 +53,13 @@ class SFTConfig:
     init_from: str | None = None
     """Skip the arithmetic phase and continue from this model folder (e.g. the output of a run
     with ``rubric_steps=0``)."""
+    tool_steps: int = 0
+    """A phase on the calculator task (:func:`explorl.data.calculator.sft_example`): a share
+    ``tool_share`` of demonstrations call the tool in the tagged format, the others answer at
+    once (buggy at ``bug_rate``), the tool's answers not trained; every ``replay_every``-th batch
+    plain arithmetic. ``model=tiny-tools`` is ``explorl sft init_from=<tiny> rubric_steps=0
+    tool_steps=1500``."""
+    tool_share: float = 0.5
     rare_steps: int = 0
     """Third phase: steps on the rare rubric variant (:func:`explorl.data.rubric_task.
     rare_sft_example`); every ``replay_every``-th batch is a replay, arithmetic and the first
@@ -61,13 +68,17 @@ class SFTConfig:
 
 
 def _batch(tok, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``prompt + answer + EOS`` with labels only on the answer and EOS."""
+    """Right-padded ``prompt + answer + EOS`` with labels only on the answer and EOS (on the
+    trained ``turns`` and EOS, for a row that has turns)."""
     seqs, labels = [], []
     for r in rows:
         p = tok(r["prompt"], add_special_tokens=False).input_ids
-        a = tok(r["answer"], add_special_tokens=False).input_ids + [tok.eos_token_id]
-        seqs.append(p + a)
-        labels.append([-100] * len(p) + a)
+        seq, lab = list(p), [-100] * len(p)
+        for text, trained in r.get("turns", [(r.get("answer"), True)]):
+            ids = tok(text, add_special_tokens=False).input_ids
+            seq, lab = seq + ids, lab + (ids if trained else [-100] * len(ids))
+        seqs.append(seq + [tok.eos_token_id])
+        labels.append(lab + [tok.eos_token_id])
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
     lab = torch.full((len(seqs), width), -100, dtype=torch.long)
@@ -109,6 +120,8 @@ def _fit(cfg: SFTConfig, log) -> dict:
                lambda: _arithmetic_demos(cfg, rng, held), log)
     rubric = _rubric_phase(cfg, model, tok, held, log) if cfg.rubric_steps else None
     rare = _rare_phase(cfg, model, tok, held, log) if cfg.rare_steps else None
+    if cfg.tool_steps:
+        _tool_phase(cfg, model, tok, held, log)
     result = evaluate_rows(model, tok, heldout, max_new_tokens=8, pass_k=(1, 8))
     if rubric is not None:
         result["rubric"] = rubric
@@ -195,6 +208,22 @@ def _rare_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) -> d
 
     _train(model, tok, cfg.rare_steps, cfg.rubric_learning_rate, cfg.warmup_steps, demos, log)
     return _probe(cfg, model, tok, "rare")
+
+
+def _tool_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) -> None:
+    """Calls of the calculator and direct answers, arithmetic replayed."""
+    rng = random.Random(cfg.seed + 3)
+    step = 0
+
+    def demos() -> list[dict]:
+        nonlocal step
+        step += 1
+        if cfg.replay_every and step % cfg.replay_every == 0:
+            return _arithmetic_demos(cfg, rng, held_arithmetic)
+        return [calculator.sft_example(rng, held_arithmetic, cfg.tool_share, cfg.bug_rate)
+                for _ in range(cfg.batch_size)]
+
+    _train(model, tok, cfg.tool_steps, cfg.rubric_learning_rate, cfg.warmup_steps, demos, log)
 
 
 def _held_rubric_prompts(cfg: SFTConfig, variants: tuple[str, ...]) -> set[str]:

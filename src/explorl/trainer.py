@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from explorl.agents import AgentCollector, build_collector
 from explorl.algorithms import build_algorithm
 from explorl.algorithms.terms import (
     EntropyBonus,
@@ -52,7 +53,7 @@ from explorl.optim import adamw, set_seed
 from explorl.rewards.base import Scorer, resolve
 from explorl.rewards.judge import build_judge
 from explorl.rewards.rubric import RubricReward
-from explorl.rollout import RolloutEngine, build_engine
+from explorl.rollout import RolloutEngine, build_engine, check_sampling_logps
 from explorl.rollout.collect import Collector
 from explorl.run import RunLoop, RunSettings, linear_warmup
 from explorl.tracking import format_table, log_completions
@@ -70,11 +71,15 @@ def unique_names(funcs: list[tuple[str, object]]) -> list[tuple[str, object]]:
     return out
 
 
+def as_list(x) -> list:
+    return x if isinstance(x, list) else [x]
+
+
 def build_scorer(cfg: TrainConfig, rubric: RubricReward, default_reward: str | None, codec,
                  device, first_row: dict) -> Scorer:
     """The run's weighted reward functions (``rubric`` is the run's rubric reward)."""
     funcs = unique_names([("rubric", rubric) if s == "rubric" else resolve(s, device)
-                          for s in cfg.reward_funcs or [default_reward]])
+                          for s in cfg.reward_funcs or as_list(default_reward)])
     scorer = Scorer(funcs, cfg.reward_weights or [1.0] * len(funcs), codec,
                     cfg.success_threshold, cfg.reward_timeout)
     if cfg.uses("herl") and not (scorer.graded and "rubric" in first_row):
@@ -147,13 +152,9 @@ class Trainer(RunLoop):
         self.train_model, self.optimizer = self.dist.prepare(
             self.model, partial(make_optimizer, cfg), cfg.max_grad_norm)
         self.engine = (engine or partial(build_engine, cfg))(self.model, self.tokenizer)
-        if cfg.vllm_importance_sampling_correction and \
-                not getattr(self.engine, "gives_sampling_logps", False):
-            raise UserError("vllm_importance_sampling_correction: the engine gives no sampling "
-                            "log-probs (Rollout.sampling_logps, gives_sampling_logps=True); "
-                            "return them or set it false")
-        self.collect = Collector(self.engine, self.scorer, self.tokenizer, self.dist,
-                                 self.device)
+        check_sampling_logps(cfg, self.engine)
+        self.collect = build_collector(cfg, self.engine, self.scorer, self.tokenizer,
+                                       self.dist, self.device, self.codec, task.tools)
         self.algorithm = build_algorithm(cfg, self.device)
         self.logprobs = LogProbs.from_config(cfg, self.model, ref_model)
         self._build_exploration()
@@ -355,6 +356,8 @@ class Trainer(RunLoop):
         with self.dist.gathered(), precision(self.model, self.cfg.bf16):
             if not self.dist.is_main or not self.eval_rows:
                 return None
+            if isinstance(self.collect, AgentCollector):  # episodes with tools
+                return self.collect.evaluate(self.eval_rows, self.cfg.max_completion_length)
             return evaluate(self.engine, self.tokenizer, self.eval_rows, self.scorer.funcs[0],
                             self.cfg.max_completion_length, pass_k=tuple(pass_k),
                             temperature=self.cfg.eval_temperature,

@@ -3,23 +3,24 @@ with the reward each brings by default."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from explorl.data import arithmetic, gym, rubric_task
+from explorl.data import arithmetic, calculator, gym, rubric_task
 from explorl.data.loaders import load_rows
 from explorl.errors import UserError
 from explorl.rewards.rubric import parse_rubric
 
-BUILTIN_TASKS = {"arithmetic", *rubric_task.VARIANTS}
+BUILTIN_TASKS = {"arithmetic", "calculator", *rubric_task.VARIANTS}
 
 
 @dataclass
 class Task:
     train: list[dict]
     eval: list[dict]  # held-out rows; empty when none were given
-    default_reward: str | None  # the reward used when ``reward_funcs`` is empty
+    default_reward: str | list[str] | None  # the rewards used when ``reward_funcs`` is empty
+    tools: list = field(default_factory=list)  # the tools used when ``tools`` is empty
 
 
 def load_task(cfg) -> Task:
@@ -46,6 +47,9 @@ def _rows(cfg) -> Task:
 
         rows = champ.champ_rows(with_hints=cfg.dataset == "champ:hints")
         return Task(rows, rows, "explorl.data.champ:champ_reward")
+    if cfg.dataset == "calculator":
+        train, held = calculator.splits(cfg.task_train_size, cfg.eval_size)
+        return Task(train, held, ["calculator", "tool_cost"], ["explorl.data.calculator:calc"])
     if isinstance(cfg.dataset, str) and cfg.dataset in BUILTIN_TASKS:
         if cfg.dataset == "arithmetic":
             train, held = arithmetic.splits(cfg.task_train_size, cfg.eval_size)

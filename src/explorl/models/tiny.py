@@ -48,7 +48,7 @@ def tiny_config(vocab_size: int, hidden: int = 128, layers: int = 3) -> Qwen2Con
     )
 
 
-SHIPPED = {"tiny": "tiny", "tiny-rare": "tiny_rare"}
+SHIPPED = {"tiny": "tiny", "tiny-rare": "tiny_rare", "tiny-tools": "tiny_tools"}
 """Model names -> folders under ``assets``: the shipped warm start, and the same continued on the
 rare rubric variant (``explorl sft init_from=<tiny> rubric_steps=0 rare_steps=1500``)."""
 

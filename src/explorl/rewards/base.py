@@ -31,6 +31,8 @@ BUILTIN = {
     "gym": "explorl.data.gym:gym_reward",
     "gym_exact": "explorl.data.gym:gym_exact_reward",
     "champ": "explorl.data.champ:champ_reward",
+    "calculator": "explorl.data.calculator:calculator_reward",
+    "tool_cost": "explorl.data.calculator:tool_cost",
 }
 
 

@@ -27,4 +27,16 @@ def build_engine(cfg, model, tokenizer) -> RolloutEngine:
     return HFEngine(model, tokenizer, top_p=cfg.top_p)
 
 
-__all__ = ["HFEngine", "Rollout", "RolloutEngine", "build_engine"]
+def check_sampling_logps(cfg, engine) -> None:
+    """One line when the mismatch correction is on and the engine gives no sampling
+    log-probs to correct with."""
+    from explorl.errors import UserError
+
+    if cfg.vllm_importance_sampling_correction and \
+            not getattr(engine, "gives_sampling_logps", False):
+        raise UserError("vllm_importance_sampling_correction: the engine gives no sampling "
+                        "log-probs (Rollout.sampling_logps, gives_sampling_logps=True); return "
+                        "them or set it false")
+
+
+__all__ = ["HFEngine", "Rollout", "RolloutEngine", "build_engine", "check_sampling_logps"]

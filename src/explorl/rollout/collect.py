@@ -9,10 +9,11 @@ identically everywhere. In one process nothing is gathered.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 
-from explorl.batch import Rewards, Rollout, ScoredBatch
+from explorl.batch import Rewards, Rollout, ScoredBatch, added
 from explorl.rewards.base import Scorer
 from explorl.rollout.engine import RolloutEngine
 
@@ -30,19 +31,25 @@ class Collector:
     def __call__(self, rows: list[dict], prompt_ids: list[list[int]], counts: list[int],
                  temperatures: list[float], max_new_tokens: int) -> ScoredBatch:
         share = self.dist.share(len(rows))  # this process's prompts
+        local = self.sample(rows[share], prompt_ids[share], counts[share], temperatures[share],
+                            max_new_tokens)
+        return self._gathered(replace(local, rows=rows), share.start)
+
+    def sample(self, rows: list[dict], prompt_ids: list[list[int]], counts: list[int],
+               temperatures: list[float], max_new_tokens: int) -> ScoredBatch:
+        """This process's share of a request, generated and scored."""
         t0 = time.perf_counter()
-        rollout = self.engine.generate(prompt_ids[share], counts[share], temperatures[share],
+        rollout = self.engine.generate(prompt_ids, counts, temperatures,
                                        max_new_tokens).to(self.device)
         t1 = time.perf_counter()
         ids = rollout.completions()
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        sample_rows = [rows[share][g] for g in rollout.group_ids.tolist()]
+        sample_rows = [rows[g] for g in rollout.group_ids.tolist()]
         rewards = (self.scorer(sample_rows, texts, ids) if ids else self._no_rewards()).to(
             self.device)  # reward functions see Python values; the step, tensors on the device
         t2 = time.perf_counter()
-        local = ScoredBatch(rollout, rows, texts, rewards, self.scorer.passed(rewards),
-                            {"generate": t1 - t0, "reward": t2 - t1})
-        return self._gathered(local, share.start)
+        return ScoredBatch(rollout, rows, texts, rewards, self.scorer.passed(rewards),
+                           {"generate": t1 - t0, "reward": t2 - t1})
 
     def _no_rewards(self) -> Rewards:
         """What scoring no sample gives (a process whose share of a request is empty)."""
@@ -56,7 +63,7 @@ class Collector:
             return local
         # Objects travel through the CPU: a pickled CUDA tensor names its sender's GPU.
         parts = self.dist.gather((local.rollout.to("cpu"), first_prompt, local.texts,
-                                  local.rewards.to("cpu"), local.passed.cpu()))
+                                  local.rewards.to("cpu"), local.passed.cpu(), local.metrics))
         rollouts = []
         for rollout, first, *_ in parts:
             rollout.group_ids = rollout.group_ids + first
@@ -65,4 +72,5 @@ class Collector:
         return ScoredBatch(Rollout.concat(rollouts, self.tokenizer.pad_token_id).to(device),
                            local.rows, [t for p in parts for t in p[2]],
                            Rewards.concat([p[3] for p in parts]).to(device),
-                           torch.cat([p[4] for p in parts]).to(device), local.seconds)
+                           torch.cat([p[4] for p in parts]).to(device), local.seconds,
+                           added([p[5] for p in parts]))

@@ -33,12 +33,16 @@ class RolloutEngine(Protocol):
         num_samples: list[int],
         temperatures: list[float],
         max_new_tokens: int,
+        stop_ids: tuple[int, ...] = (),
     ) -> Rollout:
-        """``num_samples[i]`` samples of ``prompts[i]`` at ``temperatures[i]`` each."""
+        """``num_samples[i]`` samples of ``prompts[i]`` at ``temperatures[i]`` each; a sample
+        ends at EOS or at any of ``stop_ids`` (a tool call's last token), which it keeps."""
         ...
 
-    def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """The greedy completion of each prompt (token ids up to, not including, EOS)."""
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int,
+               stop_ids: tuple[int, ...] = ()) -> list[list[int]]:
+        """The greedy completion of each prompt (token ids up to, not including, EOS; up to
+        and including the first of ``stop_ids``)."""
         ...
 
 
@@ -133,9 +137,11 @@ class HFEngine:
         self.greedy_batch_size = greedy_batch_size
         self.eos_ids = eos_token_ids(model, tokenizer)
 
-    def generate(self, prompts, num_samples, temperatures, max_new_tokens) -> Rollout:
+    def generate(self, prompts, num_samples, temperatures, max_new_tokens,
+                 stop_ids=()) -> Rollout:
         if not sum(num_samples):
             return Rollout.empty()
+        stops = self.eos_ids + list(stop_ids)
         rows, temps, groups = [], [], []
         for g, (p, n, t) in enumerate(zip(prompts, num_samples, temperatures)):
             rows += [p] * n
@@ -149,23 +155,23 @@ class HFEngine:
         for s in range(0, len(rows), chunk):
             with torch.inference_mode():  # cheaper than no_grad; outputs cloned out of it
                 out, lp = self._sample(prompt_ids[s:s + chunk], prompt_mask[s:s + chunk],
-                                       temperature[s:s + chunk], max_new_tokens)
+                                       temperature[s:s + chunk], max_new_tokens, stops)
             outs.append(out.clone())
             logps.append(lp.clone())
         completion_ids = right_pad_cat(outs, pad)
-        completion_mask, truncated = completion_mask_from(completion_ids, self.eos_ids)
+        completion_mask, truncated = completion_mask_from(completion_ids, stops)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
         return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, temperature,
                        torch.tensor(groups, dtype=torch.long, device=device), truncated,
                        right_pad_cat(logps, 0.0) * completion_mask)
 
-    def _sample(self, ids, mask, temperature,
-                max_new_tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, ids, mask, temperature, max_new_tokens,
+                stops: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         was_training = self.model.training
         self.model.eval()
         config = GenerationConfig(
             do_sample=True, temperature=1.0, top_k=0, top_p=1.0,  # top-p: ours, below
-            max_new_tokens=max_new_tokens, eos_token_id=self.eos_ids,
+            max_new_tokens=max_new_tokens, eos_token_id=stops,
             pad_token_id=self.tokenizer.pad_token_id, use_cache=True,
         )
         record = _SampledLogps()  # the distribution sampled from: tempered, then top-p
@@ -180,15 +186,17 @@ class HFEngine:
         completion = out[:, ids.shape[1]:]
         return completion, record.result(completion)
 
-    def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int,
+               stop_ids=()) -> list[list[int]]:
         return greedy(self.model, self.tokenizer, prompts, max_new_tokens,
-                      self.greedy_batch_size)
+                      self.greedy_batch_size, stop_ids)
 
 
 @torch.no_grad()
 def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-           batch_size: int = 256) -> list[list[int]]:
-    """Greedy completions (token ids up to, not including, EOS) for evaluation."""
+           batch_size: int = 256, stop_ids=()) -> list[list[int]]:
+    """Greedy completions (token ids up to, not including, EOS; through the first of
+    ``stop_ids``) for evaluation."""
     was_training = model.training
     model.eval()
     eos = tokenizer.eos_token_id
@@ -197,10 +205,20 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
         ids, mask = (t.to(model.device)
                      for t in left_pad(prompts[s:s + batch_size], tokenizer.pad_token_id))
         config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
-                                  eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+                                  eos_token_id=[eos, *stop_ids],
+                                  pad_token_id=tokenizer.pad_token_id)
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
                              synced_gpus=False)
-        for row in out[:, ids.shape[1]:].tolist():
-            results.append(row[: row.index(eos)] if eos in row else row)
+        results += [cut_greedy(row, eos, stop_ids) for row in out[:, ids.shape[1]:].tolist()]
     model.train(was_training)
     return results
+
+
+def cut_greedy(row: list[int], eos: int, stop_ids=()) -> list[int]:
+    """A greedy row up to, not including, EOS, or through the first stop token."""
+    for i, token in enumerate(row):
+        if token == eos:
+            return row[:i]
+        if token in stop_ids:
+            return row[:i + 1]
+    return row

@@ -27,6 +27,7 @@ from explorl.models.policy import positions
 from explorl.rollout.captured import CapturedDecode
 from explorl.rollout.engine import (
     completion_mask_from,
+    cut_greedy,
     eos_token_ids,
     left_pad,
     right_pad_cat,
@@ -140,9 +141,11 @@ class FastEngine:
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.captured = CapturedDecode(model, cache_kwarg(model)) if compile_decode else None
 
-    def generate(self, prompts, num_samples, temperatures, max_new_tokens) -> Rollout:
+    def generate(self, prompts, num_samples, temperatures, max_new_tokens,
+                 stop_ids=()) -> Rollout:
         if not sum(num_samples):
             return Rollout.empty()
+        stops = self.eos_ids + list(stop_ids)
         groups = [g for g, n in enumerate(num_samples) for _ in range(n)]
         rows = [prompts[g] for g in groups]
         pad = self.tokenizer.pad_token_id
@@ -151,11 +154,12 @@ class FastEngine:
         chunk = self.generation_batch_size or len(rows)
         outs, logps = [], []
         for s in range(0, len(rows), chunk):
-            ids, lp = self._sample(rows[s:s + chunk], temperature[s:s + chunk], max_new_tokens)
+            ids, lp = self._sample(rows[s:s + chunk], temperature[s:s + chunk], max_new_tokens,
+                                   stops)
             outs.append(ids)
             logps.append(lp)
         completion_ids = right_pad_cat(outs, pad)
-        completion_mask, truncated = completion_mask_from(completion_ids, self.eos_ids)
+        completion_mask, truncated = completion_mask_from(completion_ids, stops)
         completion_ids = completion_ids.masked_fill(completion_mask == 0, pad)
         # 0 after EOS, where a captured decode keeps sampling
         sampling_logps = right_pad_cat(logps, 0.0) * completion_mask
@@ -163,8 +167,8 @@ class FastEngine:
                        torch.tensor(groups, dtype=torch.long), truncated,
                        sampling_logps).to(self.model.device)
 
-    def _sample(self, rows: list[list[int]], temperature: torch.Tensor,
-                max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, rows: list[list[int]], temperature: torch.Tensor, max_new_tokens: int,
+                stops: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Completions [n, steps] (pad after EOS) of the prompts ``rows`` and their sampled
         log-probs [n, steps], on the model's device."""
         distinct, which = distinct_prompts(rows)
@@ -179,21 +183,22 @@ class FastEngine:
             logps[alive, step] = sampled_from.log_softmax(-1).gather(-1, token).squeeze(-1)
             return token.squeeze(-1)
 
-        ids = self._decode(distinct, which, max_new_tokens, self.eos_ids, choose)
+        ids = self._decode(distinct, which, max_new_tokens, stops, choose)
         # Copied out of inference mode: inference tensors cannot enter autograd later
         return ids.clone(), logps[:, :ids.shape[1]].clone()
 
-    def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy completions (token ids up to, not including, EOS), as
-        :func:`explorl.rollout.engine.greedy` gives them: only the tokenizer's EOS stops."""
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int,
+               stop_ids=()) -> list[list[int]]:
+        """Greedy completions (token ids up to, not including, EOS; through the first of
+        ``stop_ids``), as :func:`explorl.rollout.engine.greedy` gives them: only the
+        tokenizer's EOS stops."""
         eos = self.tokenizer.eos_token_id
         results: list[list[int]] = []
         for s in range(0, len(prompts), self.greedy_batch_size):
             batch = prompts[s:s + self.greedy_batch_size]
-            ids = self._decode(batch, list(range(len(batch))), max_new_tokens, [eos],
-                               lambda logits, alive, step: logits.argmax(-1))
-            for row in ids.tolist():
-                results.append(row[: row.index(eos)] if eos in row else row)
+            ids = self._decode(batch, list(range(len(batch))), max_new_tokens,
+                               [eos, *stop_ids], lambda logits, alive, step: logits.argmax(-1))
+            results += [cut_greedy(row, eos, stop_ids) for row in ids.tolist()]
         return results
 
     def _decode(self, prompts: list[list[int]], rows: list[int], max_new_tokens: int,

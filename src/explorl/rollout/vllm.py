@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from explorl.batch import Rollout
 from explorl.errors import UserError
 from explorl.models import lora
-from explorl.rollout.engine import completion_mask_from, eos_token_ids, left_pad
+from explorl.rollout.engine import completion_mask_from, cut_greedy, eos_token_ids, left_pad
 
 
 @torch.no_grad()
@@ -72,34 +72,38 @@ class VLLMEngine:
         self._fingerprint = weights_fingerprint(model)
 
     # --- the engine protocol -----------------------------------------------------------------
-    def generate(self, prompts, num_samples, temperatures, max_new_tokens) -> Rollout:
+    def generate(self, prompts, num_samples, temperatures, max_new_tokens,
+                 stop_ids=()) -> Rollout:
         if not sum(num_samples):
             return Rollout.empty()
         from vllm import SamplingParams
 
         self.sync()
+        stops = self.eos_ids + list(stop_ids)
         groups = [g for g, n in enumerate(num_samples) for _ in range(n)]
         seeds = torch.randint(2**31 - 1, (len(groups),)).tolist()
         params = [SamplingParams(n=1, temperature=float(temperatures[g]), top_p=self.top_p,
                                  max_tokens=self._room(prompts[g], max_new_tokens), logprobs=0,
-                                 seed=seed, stop_token_ids=self.eos_ids, detokenize=False)
+                                 seed=seed, stop_token_ids=stops, detokenize=False)
                   for g, seed in zip(groups, seeds)]
         outs = self._run([prompts[g] for g in groups], params)
         completions = [list(o.outputs[0].token_ids) for o in outs]
         logps = [[step[token].logprob for step, token in zip(o.outputs[0].logprobs, ids)]
                  for o, ids in zip(outs, completions)]
         return self._rollout([prompts[g] for g in groups], completions, logps, groups,
-                             [float(temperatures[g]) for g in groups])
+                             [float(temperatures[g]) for g in groups], stops)
 
-    def greedy(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    def greedy(self, prompts: list[list[int]], max_new_tokens: int,
+               stop_ids=()) -> list[list[int]]:
         from vllm import SamplingParams
 
         self.sync()
         eos = self.tokenizer.eos_token_id
         params = [SamplingParams(temperature=0.0, max_tokens=self._room(p, max_new_tokens),
-                                 stop_token_ids=[eos], detokenize=False) for p in prompts]
-        ids = [list(o.outputs[0].token_ids) for o in self._run(prompts, params)]
-        return [row[: row.index(eos)] if eos in row else row for row in ids]
+                                 stop_token_ids=[eos, *stop_ids], detokenize=False)
+                  for p in prompts]
+        return [cut_greedy(list(o.outputs[0].token_ids), eos, stop_ids)
+                for o in self._run(prompts, params)]
 
     # --- weights -----------------------------------------------------------------------------
     def sync(self) -> bool:
@@ -149,7 +153,7 @@ class VLLMEngine:
         return self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                  use_tqdm=False)
 
-    def _rollout(self, rows, completions, logps, groups, temps) -> Rollout:
+    def _rollout(self, rows, completions, logps, groups, temps, stops) -> Rollout:
         device, pad = self.model.device, self.tokenizer.pad_token_id
         prompt_ids, prompt_mask = left_pad(rows, pad)
         width = max(max(len(c) for c in completions), 1)
@@ -158,7 +162,7 @@ class VLLMEngine:
         for i, (ids, lp) in enumerate(zip(completions, logps)):
             completion_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             sampling_logps[i, : len(lp)] = torch.tensor(lp)
-        completion_mask, truncated = completion_mask_from(completion_ids, self.eos_ids)
+        completion_mask, truncated = completion_mask_from(completion_ids, stops)
         return Rollout(prompt_ids, prompt_mask, completion_ids.masked_fill(completion_mask == 0,
                                                                            pad),
                        completion_mask, torch.tensor(temps), torch.tensor(groups),

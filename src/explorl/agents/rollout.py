@@ -1,0 +1,281 @@
+"""Multi-turn rollouts: the model generates until it calls a tool or ends, the tool answers, and
+the model goes on, up to ``max_turns`` calls and ``max_new_tokens`` tokens in all.
+
+Token in, token out: every episode is one growing list of token ids, the model's tokens kept as
+sampled (with their sampling log-probs), the tools' answers appended as the call format renders
+them; nothing is re-tokenised. The tools' tokens are marked in ``Rollout.tool_mask``, so the
+loss never trains them, and counted apart. All live episodes decode together, one engine call
+per turn, and a turn's tool calls run concurrently (:class:`~explorl.agents.tools.ToolRunner`).
+
+Reward functions see each episode as a message list, as TRL passes multi-turn completions
+(``assistant`` turns and ``tool`` answers), and ``environments=`` (one per sample); an
+environment's ``get_reward()`` is one more reward function, ``environment``. An episode whose
+tool hung, or whose environment failed (``reset``, ``get_reward``), gets no reward: masked and
+counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from explorl.agents.formats import Call
+from explorl.agents.tools import CallResult, ToolRunner, error_text, tools_of
+from explorl.batch import Rollout, ScoredBatch
+from explorl.rewards.base import columns_of, compute_rewards
+from explorl.rollout.collect import Collector
+from explorl.rollout.engine import eos_token_ids, left_pad
+
+
+@dataclass
+class Episode:
+    """One sample's conversation so far."""
+
+    row: dict
+    group: int
+    temperature: float
+    prompt: list[int]
+    tools: dict
+    environment: object | None = None
+    ids: list[int] = field(default_factory=list)  # the completion: model and tool tokens
+    by_model: list[int] = field(default_factory=list)  # 1 where the model wrote the token
+    logps: list[float] = field(default_factory=list)  # the engine's (0 for tool tokens)
+    messages: list[dict] = field(default_factory=list)
+    calls: int = 0
+    errors: int = 0
+    done: bool = False
+    ended: bool = False  # by EOS (else cut off: budget, turns)
+    failed: bool = False  # a tool hung or the environment failed: no reward
+
+    def add(self, ids: list[int], model: bool, logps: list[float] | None = None) -> None:
+        self.ids += ids
+        self.by_model += [int(model)] * len(ids)
+        self.logps += logps if logps is not None else [0.0] * len(ids)
+
+
+class AgentCollector(Collector):
+    """:class:`~explorl.rollout.collect.Collector` for multi-turn episodes: ``tools`` (plain
+    functions), ``environment_factory`` (TRL's contract, one instance per episode), ``fmt``
+    the call format, ``codec`` to encode a prompt with its reset observation, at most
+    ``max_turns`` tool calls per episode (None: as many as the tokens allow), each call at most
+    ``tool_timeout`` seconds; ``environment_weight`` weighs ``get_reward()``."""
+
+    def __init__(self, engine, scorer, tokenizer, dist, device, *, fmt, codec, tools=(),
+                 environment_factory=None, max_turns: int | None = None,
+                 tool_timeout: float | None = 30.0, environment_weight: float = 1.0):
+        super().__init__(engine, scorer, tokenizer, dist, device)
+        self.fmt, self.codec, self.tools = fmt, codec, list(tools)
+        self.factory, self.max_turns = environment_factory, max_turns
+        self.runner = ToolRunner(tool_timeout)
+        self.environment_weight = environment_weight
+        self.eos_ids = eos_token_ids(engine.model, tokenizer) if hasattr(engine, "model") \
+            else [tokenizer.eos_token_id]
+
+    def sample(self, rows, prompt_ids, counts, temperatures, max_new_tokens) -> ScoredBatch:
+        t0 = time.perf_counter()
+        episodes = self.play(rows, prompt_ids, counts, temperatures, max_new_tokens)
+        if not episodes:  # this process's share of the request is empty
+            return super().sample(rows, prompt_ids, counts, temperatures, max_new_tokens)
+        rollout = self._rollout(episodes).to(self.device)
+        t1 = time.perf_counter()
+        rewards = self._rewards(episodes).to(self.device)
+        closed(episodes)
+        texts = [self.tokenizer.decode(e.ids, skip_special_tokens=True) for e in episodes]
+        return ScoredBatch(rollout, rows, texts, rewards, self.scorer.passed(rewards),
+                           {"generate": t1 - t0, "reward": time.perf_counter() - t1},
+                           episode_counts(episodes))
+
+    def play(self, rows, prompt_ids, counts, temperatures, max_new_tokens,
+             greedy: bool = False) -> list[Episode]:
+        """``counts[i]`` episodes of prompt ``i``, played to their end (greedily: every turn
+        decoded greedily)."""
+        episodes = [self._start(rows[g], g, float(temperatures[g]), prompt_ids[g])
+                    for g, n in enumerate(counts) for _ in range(n)]
+        while live := [e for e in episodes if not e.done]:
+            self._turn(live, max_new_tokens, greedy)
+        return episodes
+
+    def evaluate(self, rows: list[dict], max_new_tokens: int) -> dict:
+        """Greedy episodes of ``rows``: accuracy (the first reward function at its threshold),
+        the share of episodes that called a tool, both overall and by ``level``."""
+        episodes = self.play(rows, [self.codec.encode(r["prompt"]) for r in rows],
+                             [1] * len(rows), [1.0] * len(rows), max_new_tokens, greedy=True)
+        passed = self.scorer.passed(self._rewards(episodes)).tolist()
+        closed(episodes)
+        called = [e.calls > 0 for e in episodes]
+        out = {"accuracy": sum(passed) / len(rows), "n": len(rows),
+               "call_rate": sum(called) / len(rows)}
+        if "level" in rows[0]:
+            levels = sorted({str(r["level"]) for r in rows})
+            for key, values in (("by_level", passed), ("call_rate_by_level", called)):
+                out[key] = {lv: _mean([v for r, v in zip(rows, values) if str(r["level"]) == lv])
+                            for lv in levels}
+        return out
+
+    # --- an episode ----------------------------------------------------------------------------
+    def _start(self, row: dict, group: int, temperature: float, prompt: list[int]) -> Episode:
+        episode = Episode(row, group, temperature, prompt, tools_of(self.tools))
+        if self.factory is None:
+            return episode
+        try:
+            episode.environment = self.factory()
+            observation = episode.environment.reset(**row)
+            episode.tools = tools_of(self.tools, episode.environment)
+        except Exception:  # noqa: BLE001 - a faulty environment must not kill the run
+            episode.done = episode.failed = True
+            return episode
+        if isinstance(observation, str) and observation:
+            episode.prompt = self.codec.encode(with_observation(row["prompt"], observation))
+        return episode
+
+    def _turn(self, live: list[Episode], max_new_tokens: int, greedy: bool = False) -> None:
+        """One model turn of every live episode, then the tools its calls name."""
+        calls = []
+        for e, turn, logps in zip(live, *self._generate(live, max_new_tokens, greedy)):
+            room = max_new_tokens - len(e.ids)
+            turn, logps = turn[:room], None if logps is None else logps[:room]
+            e.add(turn, True, logps)
+            e.messages.append({"role": "assistant",
+                               "content": self.tokenizer.decode(turn, skip_special_tokens=True)})
+            if (turn and turn[-1] in self.eos_ids) or \
+                    (greedy and not self.fmt.ends_call(turn) and len(turn) < room):
+                e.done = e.ended = True  # greedy rows come without their EOS
+            elif not self.fmt.ends_call(turn) or len(e.ids) >= max_new_tokens or \
+                    (self.max_turns is not None and e.calls >= self.max_turns):
+                e.done = True  # cut off: out of tokens, or of turns
+            else:
+                calls.append((e, self.fmt.parse(e.messages[-1]["content"])))
+        self._answer(calls, max_new_tokens)
+
+    def _generate(self, live: list[Episode], max_new_tokens: int, greedy: bool):
+        """Each live episode's next turn (token ids, and their sampling log-probs)."""
+        budget = max(max_new_tokens - len(e.ids) for e in live)
+        contexts = [e.prompt + e.ids for e in live]
+        if greedy:
+            return self.engine.greedy(contexts, budget, stop_ids=self.fmt.stop_ids), \
+                [None] * len(live)
+        out = self.engine.generate(contexts, [1] * len(live), [e.temperature for e in live],
+                                   budget, stop_ids=self.fmt.stop_ids)
+        lengths = out.lengths.tolist()
+        turns = [row[:n] for row, n in zip(out.completion_ids.tolist(), lengths)]
+        logps = [None] * len(live) if out.sampling_logps is None else \
+            [row[:n] for row, n in zip(out.sampling_logps.tolist(), lengths)]
+        return turns, logps
+
+    def _answer(self, calls: list[tuple[Episode, Call | None]], max_new_tokens: int) -> None:
+        """Run the calls (malformed ones answered with an error), append the answers."""
+        runnable = [(e, c) for e, c in calls if c is not None]
+        results = dict(zip([id(e) for e, _ in runnable], self.runner.run(
+            [(e.tools.get(c.name), c.name, bound(e.tools.get(c.name), c.arguments))
+             for e, c in runnable])))
+        for e, call in calls:
+            result = results.get(id(e)) or CallResult(error_text("malformed tool call"),
+                                                      error=True)
+            e.calls += 1
+            e.errors += result.error
+            if result.fatal:
+                e.done = e.failed = True
+                continue
+            answer = self.fmt.answer([result.text])
+            if len(e.ids) + len(answer) >= max_new_tokens:
+                e.done = True  # no room for the answer and a reply to it
+                continue
+            e.add(answer, False)
+            e.messages.append({"role": "tool", "name": call.name if call else "",
+                               "content": result.text})
+
+    # --- the batch -----------------------------------------------------------------------------
+    def _rollout(self, episodes: list[Episode]) -> Rollout:
+        pad = self.tokenizer.pad_token_id
+        prompt_ids, prompt_mask = left_pad([e.prompt for e in episodes], pad)
+        width = max(max(len(e.ids) for e in episodes), 1)
+        ids = torch.full((len(episodes), width), pad, dtype=torch.long)
+        mask, by_model = torch.zeros_like(ids), torch.zeros_like(ids)
+        logps = torch.zeros(ids.shape)
+        for i, e in enumerate(episodes):
+            n = len(e.ids)
+            ids[i, :n], mask[i, :n] = torch.tensor(e.ids, dtype=torch.long), 1
+            by_model[i, :n] = torch.tensor(e.by_model, dtype=torch.long)
+            logps[i, :n] = torch.tensor(e.logps)
+        return Rollout(prompt_ids, prompt_mask, ids, mask,
+                       torch.tensor([e.temperature for e in episodes]),
+                       torch.tensor([e.group for e in episodes]),
+                       torch.tensor([not e.ended for e in episodes]), logps, by_model)
+
+    def _rewards(self, episodes: list[Episode]):
+        funcs, weights = list(self.scorer.funcs), list(self.scorer.weights)
+        if self.factory is not None and callable(getattr(episodes[0].environment,
+                                                         "get_reward", None)):
+            funcs.append(("environment", environment_reward))
+            weights.append(self.environment_weight)
+        rows = [e.row for e in episodes]
+        columns = {**columns_of(rows), "environments": [e.environment for e in episodes]}
+        # an episode that never started (its environment failed) still has a message list
+        completions = [e.messages or [{"role": "assistant", "content": ""}] for e in episodes]
+        rewards = compute_rewards(funcs, weights, [r["prompt"] for r in rows], completions,
+                                  [e.ids for e in episodes], columns, self.scorer.timeout)
+        failed = torch.tensor([e.failed for e in episodes])
+        newly = failed & ~rewards.total.isnan()
+        rewards.total[failed] = math.nan
+        rewards.masked += int(newly.sum())
+        rewards.failed += int(newly.sum())
+        return rewards
+
+
+def closed(episodes: list[Episode]) -> None:
+    """Each episode's environment closed, if it can be (a server session ends)."""
+    for e in episodes:
+        close = getattr(e.environment, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):  # the episode is over either way
+                close()
+
+
+def _mean(values: list) -> float:
+    return sum(values) / len(values) if values else math.nan
+
+
+def environment_reward(prompts, completions, environments=None, **_) -> list:
+    """Each episode's ``environment.get_reward()``: None where it has no environment, NaN
+    (masked, counted) where the call fails, so one broken episode leaves the others' rewards."""
+    out = []
+    for env in environments:
+        try:
+            out.append(None if env is None else float(env.get_reward()))
+        except Exception:  # noqa: BLE001 - a faulty environment must not kill the run
+            out.append(math.nan)
+    return out
+
+
+def bound(fn, arguments: dict | str) -> dict:
+    """A call's arguments as keywords: a bare string goes to the tool's first parameter."""
+    if isinstance(arguments, dict) or fn is None:
+        return arguments if isinstance(arguments, dict) else {}
+    params = list(inspect.signature(fn).parameters)
+    return {params[0]: arguments} if params else {}
+
+
+def with_observation(prompt, observation: str):
+    """The prompt with a reset observation added: to its text, or to its last message."""
+    if isinstance(prompt, str):
+        return prompt + observation
+    last = dict(prompt[-1])
+    last["content"] = str(last.get("content", "")) + observation
+    return [*prompt[:-1], last]
+
+
+def episode_counts(episodes: list[Episode]) -> dict[str, float]:
+    """Counts a step reports: episodes, tool calls and errors, failed episodes, tokens by
+    role."""
+    return {"agent/episodes": len(episodes),
+            "agent/tool_calls": sum(e.calls for e in episodes),
+            "agent/tool_errors": sum(e.errors for e in episodes),
+            "agent/failed_episodes": sum(e.failed for e in episodes),
+            "agent/episodes_with_calls": sum(e.calls > 0 for e in episodes),
+            "tokens/model": sum(sum(e.by_model) for e in episodes),
+            "tokens/tool": sum(len(e.ids) - sum(e.by_model) for e in episodes)}
