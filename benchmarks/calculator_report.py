@@ -34,13 +34,12 @@ def main(root: Path) -> None:
               + " | ".join(spread([s[stage]["accuracy"] for s in v]) for v in runs.values())
               + " |")
     tool = runs["with_tool"]
-    print(f"| tool calls per prompt, before | {spread([s['before']['call_rate'] for s in tool])}"
-          " | |")
-    print(f"| tool calls per prompt, after | {spread([s['after']['call_rate'] for s in tool])}"
-          " | |")
+    for stage in ("before", "after"):
+        print(f"| prompts with a tool call, {stage} | "
+              f"{spread([s[stage]['call_rate'] for s in tool])} | |")
     print(f"| steps | {statistics.mean(s['steps'] for s in tool):.0f} | "
           f"{statistics.mean(s['steps'] for s in runs['without_tool']):.0f} |")
-    print("\n| level | accuracy after, with | without | calls before | calls after |")
+    print("\n| level | accuracy after, with | without | prompts with a call, before | after |")
     print("|---|---|---|---|---|")
     for level in LEVELS:
         cells = [spread([s["after"]["by_level"][level] for s in v]) for v in runs.values()]

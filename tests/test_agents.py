@@ -21,6 +21,7 @@ from explorl.errors import UserError
 from explorl.models.policy import load_tokenizer
 from explorl.rewards.base import Scorer
 from explorl.rollout.engine import completion_mask_from, cut_greedy, left_pad
+from tests.helpers.resume import straight_and_resumed
 
 LOGP = -0.5  # what the scripted engine says it sampled each token at
 
@@ -283,7 +284,6 @@ def test_greedy_episodes_evaluate_accuracy_and_calls_by_level(tok):
 def test_the_calculator_task_resumes_exactly(tmp_path):
     """The shipped tool-using model on the calculator task: 2 + 2 steps with a checkpoint in
     between are the 4 straight steps, metrics and weights."""
-    import json
 
     def cfg(name, steps):
         return TrainConfig(model="tiny-tools", dataset="calculator", max_steps=steps,
@@ -291,19 +291,9 @@ def test_the_calculator_task_resumes_exactly(tmp_path):
                            num_generations=4, max_completion_length=32, eval_size=16,
                            task_train_size=64, progress=False, plots=False, learning_rate=1e-3)
 
-    straight = Trainer(cfg("a", 4))
-    straight.train()
-    Trainer(cfg("b", 2)).train()
-    resumed = Trainer(cfg("b", 4))
-    resumed.train()
-
-    def metrics(name):
-        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(x).items() if not k.startswith(("time/", "eval/"))}
-                for x in rows]
-
-    assert metrics("a") == metrics("b")
-    assert sum(r["agent/tool_calls"] for r in metrics("a")) > 0
+    a, b, straight, resumed = straight_and_resumed(cfg, tmp_path)
+    assert a == b
+    assert sum(r["agent/tool_calls"] for r in a) > 0
     for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
 

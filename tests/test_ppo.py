@@ -17,6 +17,7 @@ from explorl.algorithms.ppo import (
 )
 from explorl.config import PPOConfig, load_config
 from explorl.errors import UserError
+from tests.helpers.resume import straight_and_resumed
 from tests.helpers.rewards import starts_with_one
 
 MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
@@ -107,18 +108,9 @@ def test_ppo_resumes_exactly_with_its_critic(tmp_path):
                            learning_rate=1e-3, eval_size=8, task_train_size=64, progress=False,
                            plots=False)
 
-    straight = Trainer(cfg("a", 4))
-    straight.train()
-    Trainer(cfg("b", 2)).train()
-    resumed = Trainer(cfg("b", 4))
-    resumed.train()
-
-    def metrics(name):
-        return [{k: v for k, v in json.loads(x).items() if not k.startswith(("time/", "eval/"))}
-                for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-
-    assert metrics("a") == metrics("b")
-    assert len({r["ppo/kl_coef"] for r in metrics("a")}) > 1  # the controller moved
+    a, b, straight, resumed = straight_and_resumed(cfg, tmp_path)
+    assert a == b
+    assert len({r["ppo/kl_coef"] for r in a}) > 1  # the controller moved
     for p, q in zip(straight.algorithm.critic.parameters(), resumed.algorithm.critic.parameters()):
         assert torch.equal(p, q)
     for p, q in zip(straight.model.parameters(), resumed.model.parameters()):

@@ -7,6 +7,7 @@ import torch
 
 from explorl import TrainConfig, Trainer
 from explorl.config import E3Config, EntropyConfig, HeRLConfig
+from tests.helpers.resume import straight_and_resumed
 from tests.helpers.rewards import starts_with_one
 
 FAST = dict(eval_size=40, progress=False, plots=False, task_train_size=400)
@@ -94,22 +95,12 @@ def test_resume_continues_exactly(tmp_path, extra):
                            prompts_per_step=8, num_generations=4, warmup_steps=2, **FAST,
                            **extra)
 
-    straight = Trainer(cfg("a", 4))
-    straight.train()
-    Trainer(cfg("b", 2)).train()  # stops at step 2 with checkpoint-2
-    resumed = Trainer(cfg("b", 4))
-    resumed.train()  # resumes from checkpoint-2
-
-    def metrics(name):
-        rows = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(x).items() if not k.startswith(("time/", "eval/"))}
-                for x in rows]  # the 2-step run logs its final evaluation at step 2
-
-    assert metrics("a") == metrics("b")
-    assert sum(r["grad_norm"] > 0 for r in metrics("a")) >= 2  # the weights did move
+    a, b, straight, resumed = straight_and_resumed(cfg, tmp_path)
+    assert a == b
+    assert sum(r["grad_norm"] > 0 for r in a) >= 2  # the weights did move
     if extra:
-        assert sum(r["herl/replaced"] for r in metrics("a")[2:]) > 0  # after the resume point
-        assert len({r["temperature"] for r in metrics("a")}) > 1
+        assert sum(r["herl/replaced"] for r in a[2:]) > 0  # after the resume point
+        assert len({r["temperature"] for r in a}) > 1
     for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
 

@@ -175,16 +175,12 @@ def _rubric_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) ->
     short and long demonstrations are not padded together."""
     rng = random.Random(cfg.seed + 1)
     held = _held_rubric_prompts(cfg, ("hidden", "stated"))
-    step = 0
 
-    def demos() -> list[dict]:
-        nonlocal step
-        step += 1
-        if cfg.replay_every and step % cfg.replay_every == 0:
-            return _arithmetic_demos(cfg, rng, held_arithmetic)
+    def fresh() -> list[dict]:
         share = 1.0 if rng.random() < cfg.revise_share else 0.0
         return [rubric_task.sft_example(rng, held, share) for _ in range(cfg.batch_size)]
 
+    demos = _replayed(cfg, fresh, lambda step: _arithmetic_demos(cfg, rng, held_arithmetic))
     _train(model, tok, cfg.rubric_steps, cfg.rubric_learning_rate, cfg.warmup_steps, demos, log)
     return _probe(cfg, model, tok, "hidden")
 
@@ -194,18 +190,17 @@ def _rare_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) -> d
     arithmetic batches replayed so that neither is forgotten."""
     rng = random.Random(cfg.seed + 2)
     held = _held_rubric_prompts(cfg, ("hidden", "stated", "rare"))
-    step = 0
 
-    def demos() -> list[dict]:
-        nonlocal step
-        step += 1
-        if cfg.replay_every and step % cfg.replay_every == 0:
-            return _arithmetic_demos(cfg, rng, held_arithmetic) if step % (
-                2 * cfg.replay_every) else [rubric_task.sft_example(rng, held, cfg.revise_share)
-                                            for _ in range(cfg.batch_size)]
+    def fresh() -> list[dict]:
         share = 1.0 if rng.random() < cfg.revise_share else 0.0
         return [rubric_task.rare_sft_example(rng, held, share) for _ in range(cfg.batch_size)]
 
+    def replay(step: int) -> list[dict]:  # arithmetic and the first variants in turn
+        return _arithmetic_demos(cfg, rng, held_arithmetic) if step % (
+            2 * cfg.replay_every) else [rubric_task.sft_example(rng, held, cfg.revise_share)
+                                        for _ in range(cfg.batch_size)]
+
+    demos = _replayed(cfg, fresh, replay)
     _train(model, tok, cfg.rare_steps, cfg.rubric_learning_rate, cfg.warmup_steps, demos, log)
     return _probe(cfg, model, tok, "rare")
 
@@ -213,17 +208,26 @@ def _rare_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) -> d
 def _tool_phase(cfg: SFTConfig, model, tok, held_arithmetic: set[str], log) -> None:
     """Calls of the calculator and direct answers, arithmetic replayed."""
     rng = random.Random(cfg.seed + 3)
+    demos = _replayed(cfg, lambda: [calculator.sft_example(rng, held_arithmetic, cfg.tool_share,
+                                                           cfg.bug_rate)
+                                    for _ in range(cfg.batch_size)],
+                      lambda step: _arithmetic_demos(cfg, rng, held_arithmetic))
+    _train(model, tok, cfg.tool_steps, cfg.rubric_learning_rate, cfg.warmup_steps, demos, log)
+
+
+def _replayed(cfg: SFTConfig, fresh, replay):
+    """The demonstrations of a phase, step by step: ``fresh()``, and every ``replay_every``-th
+    step ``replay(step)`` instead, so that earlier phases are not forgotten."""
     step = 0
 
     def demos() -> list[dict]:
         nonlocal step
         step += 1
         if cfg.replay_every and step % cfg.replay_every == 0:
-            return _arithmetic_demos(cfg, rng, held_arithmetic)
-        return [calculator.sft_example(rng, held_arithmetic, cfg.tool_share, cfg.bug_rate)
-                for _ in range(cfg.batch_size)]
+            return replay(step)
+        return fresh()
 
-    _train(model, tok, cfg.tool_steps, cfg.rubric_learning_rate, cfg.warmup_steps, demos, log)
+    return demos
 
 
 def _held_rubric_prompts(cfg: SFTConfig, variants: tuple[str, ...]) -> set[str]:
