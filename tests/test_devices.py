@@ -26,8 +26,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src" / "explorl")
 FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.arange, torch.tensor,
              torch.as_tensor, torch.rand, torch.randn, torch.randint, torch.linspace, torch.eye}
 # Built from Python values on purpose, then moved to the device by their callers
-BUILT_ON_CPU = {"left_pad", "splice", "build_rollout", "compute_rewards", "_no_rewards",
-                "generate"}
+BUILT_ON_CPU = {"left_pad", "right_pad", "splice", "build_rollout", "compute_rewards",
+                "_no_rewards", "generate"}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 
 

@@ -703,12 +703,17 @@ class TrainConfig:
             self._check_offline(need)
         self._check_loss(need)
 
+    @property
+    def multi_turn(self) -> bool:
+        """Whether rollouts are episodes with tools (given, or the task's own)."""
+        return bool(self.tools or self.environment_factory or self.dataset == "calculator")
+
     def _check_tools(self, need: Need) -> None:
         need(self.max_tool_calling_iterations is None or self.max_tool_calling_iterations >= 1,
              "max_tool_calling_iterations", "must be >= 1 (or none)")
         need(self.tool_timeout is None or self.tool_timeout > 0, "tool_timeout",
              "must be > 0 (or none)")
-        if not (self.tools or self.environment_factory or self.dataset == "calculator"):
+        if not self.multi_turn:
             return
         for method in ("herl", "ppo", "dynamic_sampling"):
             need(not self.uses(method), "method", f"{method} with tools or an environment is "

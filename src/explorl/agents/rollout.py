@@ -29,7 +29,7 @@ from explorl.agents.tools import CallResult, ToolRunner, error_text, tools_of
 from explorl.batch import Rollout, ScoredBatch
 from explorl.rewards.base import columns_of, compute_rewards
 from explorl.rollout.collect import Collector
-from explorl.rollout.engine import eos_token_ids, left_pad
+from explorl.rollout.engine import left_pad, right_pad
 
 
 @dataclass
@@ -73,8 +73,7 @@ class AgentCollector(Collector):
         self.factory, self.max_turns = environment_factory, max_turns
         self.runner = ToolRunner(tool_timeout)
         self.environment_weight = environment_weight
-        self.eos_ids = eos_token_ids(engine.model, tokenizer) if hasattr(engine, "model") \
-            else [tokenizer.eos_token_id]
+        self.eos_ids = getattr(engine, "eos_ids", [tokenizer.eos_token_id])
 
     def sample(self, rows, prompt_ids, counts, temperatures, max_new_tokens) -> ScoredBatch:
         t0 = time.perf_counter()
@@ -193,19 +192,13 @@ class AgentCollector(Collector):
     def _rollout(self, episodes: list[Episode]) -> Rollout:
         pad = self.tokenizer.pad_token_id
         prompt_ids, prompt_mask = left_pad([e.prompt for e in episodes], pad)
-        width = max(max(len(e.ids) for e in episodes), 1)
-        ids = torch.full((len(episodes), width), pad, dtype=torch.long)
-        mask, by_model = torch.zeros_like(ids), torch.zeros_like(ids)
-        logps = torch.zeros(ids.shape)
-        for i, e in enumerate(episodes):
-            n = len(e.ids)
-            ids[i, :n], mask[i, :n] = torch.tensor(e.ids, dtype=torch.long), 1
-            by_model[i, :n] = torch.tensor(e.by_model, dtype=torch.long)
-            logps[i, :n] = torch.tensor(e.logps)
-        return Rollout(prompt_ids, prompt_mask, ids, mask,
+        return Rollout(prompt_ids, prompt_mask, right_pad([e.ids for e in episodes], pad),
+                       right_pad([[1] * len(e.ids) for e in episodes], 0),
                        torch.tensor([e.temperature for e in episodes]),
                        torch.tensor([e.group for e in episodes]),
-                       torch.tensor([not e.ended for e in episodes]), logps, by_model)
+                       torch.tensor([not e.ended for e in episodes]),
+                       right_pad([e.logps for e in episodes], 0.0, torch.float32),
+                       right_pad([e.by_model for e in episodes], 0))
 
     def _rewards(self, episodes: list[Episode]):
         funcs, weights = list(self.scorer.funcs), list(self.scorer.weights)
@@ -256,7 +249,10 @@ def bound(fn, arguments: dict | str) -> dict:
     """A call's arguments as keywords: a bare string goes to the tool's first parameter."""
     if isinstance(arguments, dict) or fn is None:
         return arguments if isinstance(arguments, dict) else {}
-    params = list(inspect.signature(fn).parameters)
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # not introspectable: the call itself will say what is wrong
+        return {}
     return {params[0]: arguments} if params else {}
 
 

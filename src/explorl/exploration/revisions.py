@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from explorl.batch import Rollout, ScoredBatch, TrainBatch
-from explorl.rollout.engine import left_pad
+from explorl.rollout.engine import left_pad, right_pad
 
 
 @dataclass
@@ -30,13 +30,8 @@ def sample_at(rollout: Rollout, i: int) -> Sample:
 def build_rollout(rows: list[Sample], pad_id: int, group_ids: torch.Tensor) -> Rollout:
     """A rollout of ``rows`` (on the CPU), prompts left-padded, completions right-padded."""
     prompt_ids, prompt_mask = left_pad([r.prompt for r in rows], pad_id)
-    width = max(max(len(r.completion) for r in rows), 1)
-    completion_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    completion_mask = torch.zeros_like(completion_ids)
-    for i, r in enumerate(rows):
-        completion_ids[i, : len(r.completion)] = torch.tensor(r.completion, dtype=torch.long)
-        completion_mask[i, : len(r.completion)] = 1
-    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
+    return Rollout(prompt_ids, prompt_mask, right_pad([r.completion for r in rows], pad_id),
+                   right_pad([[1] * len(r.completion) for r in rows], 0),
                    torch.tensor([r.temperature for r in rows]), group_ids.cpu(),
                    torch.tensor([r.truncated for r in rows]))
 

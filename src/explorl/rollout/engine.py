@@ -93,6 +93,17 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def right_pad(seqs: list[list], fill, dtype: torch.dtype = torch.long) -> torch.Tensor:
+    """Python rows as one ``[n, longest]`` tensor (at least one column), right-padded with
+    ``fill``."""
+    width = max(max((len(s) for s in seqs), default=0), 1)
+    out = torch.full((len(seqs), width), fill, dtype=dtype)
+    for i, s in enumerate(seqs):
+        if s:
+            out[i, :len(s)] = torch.tensor(s, dtype=dtype)
+    return out
+
+
 def right_pad_cat(parts: list[torch.Tensor], fill) -> torch.Tensor:
     """``[n_i, L_i]`` tensors stacked into one, each right-padded with ``fill`` to the widest."""
     width = max(p.shape[1] for p in parts)

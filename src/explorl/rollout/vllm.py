@@ -27,7 +27,13 @@ from safetensors.torch import save_file
 from explorl.batch import Rollout
 from explorl.errors import UserError
 from explorl.models import lora
-from explorl.rollout.engine import completion_mask_from, cut_greedy, eos_token_ids, left_pad
+from explorl.rollout.engine import (
+    completion_mask_from,
+    cut_greedy,
+    eos_token_ids,
+    left_pad,
+    right_pad,
+)
 
 
 @torch.no_grad()
@@ -156,12 +162,8 @@ class VLLMEngine:
     def _rollout(self, rows, completions, logps, groups, temps, stops) -> Rollout:
         device, pad = self.model.device, self.tokenizer.pad_token_id
         prompt_ids, prompt_mask = left_pad(rows, pad)
-        width = max(max(len(c) for c in completions), 1)
-        completion_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        sampling_logps = torch.zeros(len(rows), width)
-        for i, (ids, lp) in enumerate(zip(completions, logps)):
-            completion_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            sampling_logps[i, : len(lp)] = torch.tensor(lp)
+        completion_ids = right_pad(completions, pad)
+        sampling_logps = right_pad(logps, 0.0, torch.float32)
         completion_mask, truncated = completion_mask_from(completion_ids, stops)
         return Rollout(prompt_ids, prompt_mask, completion_ids.masked_fill(completion_mask == 0,
                                                                            pad),
