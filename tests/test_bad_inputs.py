@@ -292,11 +292,9 @@ CASES = [
      "environment_factory: cannot import 'nowhere_at_all'"),
     ("tool-not-a-function", f"{TRAIN} tools=[calc] {SMALL}", {},
      "tools: 'calc': expected a callable or a 'module:name' string"),
-    ("tools-with-herl", f"{TRAIN} method=herl dataset=calculator", {},
-     "method: herl with tools or an environment is not supported yet"),
     ("tool-timeout", f"{TRAIN} tool_timeout=0", {}, "tool_timeout: must be > 0"),
-    ("sample-episodes", "sample tiny-tools --dataset calculator --out {out}/s.jsonl --size 2", {},
-     "sampling multi-turn episodes to a file is not supported yet"),
+    ("hermes-without-template", f"{TRAIN} dataset=calculator tool_call_format=hermes {SMALL}",
+     {}, "tool_call_format: hermes renders the tools' answers with the model's chat template"),
     ("unknown-command", "bogus", {}, "bogus"),
     ("no-command", "", {}, "command"),
 ]

@@ -136,6 +136,17 @@ def test_every_process_holds_the_whole_collected_batch(split_run):
     assert len(parts[0]["texts"]) == sum(du.COUNTS)
 
 
+def test_every_process_holds_every_episode(split_run):
+    """Multi-turn episodes are played by the process holding their prompt, and gathered whole:
+    the tools' tokens, the per-episode counts of both shares."""
+    parts = [json.loads((split_run / f"episodes-rank{r}.json").read_text()) for r in (0, 1)]
+    assert parts[0] == parts[1]
+    episodes = parts[0]
+    assert episodes["groups"] == [g for g, n in enumerate(du.COUNTS) for _ in range(n)]
+    assert episodes["metrics"]["agent/episodes"] == sum(du.COUNTS)
+    assert episodes["tool_tokens"] == episodes["metrics"]["tokens/tool"] > 0
+
+
 def test_resumed_distributed_run_continues_exactly(split_run):
     def drop(rows):
         return [{k: v for k, v in r.items() if not k.startswith(("time/", "eval/"))}

@@ -83,7 +83,8 @@ def test_dynamic_sampling_stops_after_max_rounds(tok):
     # nothing informative at all: the first batch is trained as it is (zero advantages)
     nothing = scored(tok, ["71", "71"], [0, 0])
     batch, dropped, m = Selection(nothing, 1, 0, tok.pad_token_id).result()
-    assert batch is nothing and dropped == 0 and m["dynamic_sampling/kept_groups"] == 0
+    assert batch.rollout is nothing.rollout and batch.rewards is nothing.rewards
+    assert dropped == 0 and m["dynamic_sampling/kept_groups"] == 0
 
 
 # --- high-entropy tokens --------------------------------------------------------------------------

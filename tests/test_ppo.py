@@ -9,6 +9,7 @@ import torch
 
 from explorl import TrainConfig, Trainer
 from explorl.algorithms.advantages import gae
+from explorl.algorithms.losses import terminal_rewards
 from explorl.algorithms.ppo import (
     KLController,
     clipped_value_loss,
@@ -146,3 +147,20 @@ def test_what_ppo_refuses(override, fragment):
 def test_herl_under_ppo_is_refused():
     with pytest.raises(UserError, match="method: herl under ppo is not supported"):
         load_config(None, ["method=ppo+herl"])
+
+
+def test_gae_steps_over_a_tools_answer_inside_an_episode():
+    """Columns 1-2 of row 0 are a tool's answer (out of the mask): the model's token before it
+    bootstraps from its token after it, as if they were adjacent; the terminal reward lands on
+    the last masked token. Row 1: the same tokens with no hole."""
+    scores = torch.tensor([1.0, 1.0])
+    mask = torch.tensor([[1, 0, 0, 1, 1], [1, 1, 1, 0, 0]])
+    rewards = terminal_rewards(scores, mask)
+    assert rewards.tolist() == [[0.0, 0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 0.0, 0.0]]
+    values = torch.tensor([[0.5, 7.0, 7.0, 0.2, 0.4], [0.5, 0.2, 0.4, 7.0, 7.0]])  # 7: unused
+    adv, ret = gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    # d2 = 1 - 0.4 = 0.6; d1 = 0.9 * 0.4 - 0.2 = 0.16; d0 = 0.9 * 0.2 - 0.5 = -0.32;
+    # A2 = 0.6, A1 = 0.16 + 0.72 * 0.6 = 0.592, A0 = -0.32 + 0.72 * 0.592 = 0.10624
+    assert adv[0].tolist() == pytest.approx([0.10624, 0.0, 0.0, 0.592, 0.6])
+    assert adv[1].tolist() == pytest.approx([0.10624, 0.592, 0.6, 0.0, 0.0])
+    assert ret[0].tolist() == pytest.approx([0.60624, 0.0, 0.0, 0.792, 1.0])

@@ -152,9 +152,11 @@ def test_improve_keeps_the_best_answer_and_reports_each_round(monkeypatch):
     script = [["72", "5"], ["33"], ["71"]]  # round 0 both prompts; then only the failing one
     seen = []
 
-    def fake_answer(model, tokenizer, encoded, max_new_tokens, temperature):
+    def fake_answer(model, tokenizer, codec, rows, encoded, max_new_tokens, temperature,
+                    episodes=None):
         seen.append([tokenizer.decode(e) for e in encoded])
-        return script.pop(0)
+        texts = script.pop(0)
+        return texts, texts
 
     monkeypatch.setattr(improve_module, "_answer", fake_answer)
     out = improve_module.improve(load_model("tiny"), load_tokenizer("tiny"), rows,

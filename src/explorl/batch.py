@@ -144,6 +144,14 @@ class Rewards:
     errors: list[str]  # one line per failure, for the log
     grades: list | None = None  # per-criterion grades of the first graded reward, if any
     failed: int = 0  # samples where a function raised or gave a non-finite/unusable value
+    graded_by: str | None = None  # the name of the reward the grades are of
+
+    def met(self) -> torch.Tensor:
+        """[N] how much of its rubric each sample met: the graded reward's own value (others,
+        a cost per tool call, left out), else the total; NaN where the total is unknown."""
+        if self.graded_by is None:
+            return self.total
+        return self.per_func[self.graded_by].masked_fill(self.total.isnan(), math.nan)
 
     def to(self, device: torch.device | str) -> Rewards:
         """The tensors on ``device``; counts, errors and grades as they are."""
@@ -155,7 +163,7 @@ class Rewards:
         index = torch.tensor(rows, device=self.total.device, dtype=torch.long)
         grades = None if self.grades is None else [self.grades[i] for i in rows]
         return Rewards(self.total[index], {k: v[index] for k, v in self.per_func.items()},
-                       int(self.total[index].isnan().sum()), [], grades, 0)
+                       int(self.total[index].isnan().sum()), [], grades, 0, self.graded_by)
 
     @classmethod
     def concat(cls, parts: list[Rewards]) -> Rewards:
@@ -165,7 +173,8 @@ class Rewards:
         return cls(torch.cat([p.total for p in parts]),
                    {k: torch.cat([p.per_func[k] for p in parts]) for k in parts[0].per_func},
                    sum(p.masked for p in parts), [e for p in parts for e in p.errors], grades,
-                   sum(p.failed for p in parts))
+                   sum(p.failed for p in parts),
+                   next((p.graded_by for p in parts if p.graded_by), None))
 
 
 @dataclass

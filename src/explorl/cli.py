@@ -104,16 +104,15 @@ def cmd_sample(ns: argparse.Namespace) -> int:
         raw["reward_funcs"] = ns.reward.split(",")
     t = _trainer_for(ns, raw)
     from explorl.agents import AgentCollector
-    from explorl.sample import sample_rows, write_jsonl
-
-    if isinstance(t.collect, AgentCollector):
-        raise UserError(f"--dataset {ns.dataset}: sampling multi-turn episodes to a file is not "
-                        "supported yet; explorl eval runs them")
+    from explorl.sample import sample_episodes, sample_rows, write_jsonl
 
     rows = t.train_rows[: ns.size] if ns.split == "train" and ns.dataset == t.cfg.dataset \
         else t.eval_rows
-    samples = sample_rows(t.engine, t.tokenizer, rows, t.scorer, ns.n, ns.temperature,
-                          ns.max_new_tokens)
+    if isinstance(t.collect, AgentCollector):  # a multi-turn task: episodes
+        samples = sample_episodes(t.collect, rows, ns.n, ns.temperature, ns.max_new_tokens)
+    else:
+        samples = sample_rows(t.engine, t.tokenizer, rows, t.scorer, ns.n, ns.temperature,
+                              ns.max_new_tokens)
     write_jsonl(samples, Path(ns.out))
     known = [s["reward"] for s in samples if s["reward"] is not None]
     mean = sum(known) / len(known) if known else float("nan")
@@ -220,12 +219,14 @@ def cmd_improve(ns: argparse.Namespace) -> int:
         if getattr(ns, key) is not None:
             raw[key] = getattr(ns, key)
     t = _trainer_for(ns, raw)
+    from explorl.agents import AgentCollector
     from explorl.exploration.hindsight import template_for
     from explorl.improve import improve
 
     template = template_for(t.cfg.herl.revise_template, t.cfg.dataset)
+    episodes = t.collect if isinstance(t.collect, AgentCollector) else None
     result = improve(t.engine, t.tokenizer, t.eval_rows, template, ns.rounds, t.rubric,
-                     ns.max_new_tokens, ns.temperature, t.codec, ns.lists)
+                     ns.max_new_tokens, ns.temperature, t.codec, ns.lists, episodes)
     answers = result.pop("answers")
     result["model"] = ns.model
     if ns.json:

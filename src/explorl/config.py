@@ -49,7 +49,8 @@ class HeRLConfig:
     failed sample (the best measured, docs/exploration-pays.md); ``revise``, the reference's
     revisions (the options below from ``candidate_limit`` to ``sft_buffer``); ``both``."""
     threshold: float = 1.0
-    """A group failed when its best reward is below this."""
+    """A group failed when its best reward is below this: the graded reward's own value (the
+    rubric's; other reward functions, e.g. a cost per tool call, are left out)."""
     candidate_limit: int = 16
     """Drafts revised per failed group: those tied at its best, most criteria met first."""
     revisions: int = 1
@@ -517,13 +518,20 @@ class TrainConfig:
     optional ``get_reward()`` is one more reward function (``environment_reward_weight``).
     ``openenv:<url>``: an environment served by OpenEnv (:mod:`explorl.agents.openenv`)."""
     max_tool_calling_iterations: int | None = None
-    """Tool calls per episode (TRL's name); none: as many as ``max_completion_length`` (which
-    counts every turn's tokens, the tools' too) allows."""
+    """Turns with tool calls per episode (TRL's name); none: as many as
+    ``max_completion_length`` (which counts every turn's tokens, the tools' too) allows."""
     tool_timeout: float | None = 30.0
     """Seconds one tool call may take; past it the episode ends, masked and counted."""
-    tool_call_format: Literal["tagged"] = "tagged"
+    tool_straggler_wait: float = 1.0
+    """Seconds a turn's episodes wait for all of its tool calls; past it, the episodes whose
+    tools have answered take their next turns without the slower ones, which rejoin when
+    answered. A run is reproducible when every call answers within it; at ``tool_timeout`` or
+    above, every turn waits for all."""
+    tool_call_format: Literal["tagged", "hermes"] = "tagged"
     """How calls are written: ``tagged`` is ``[name:argument]``, answered by the result and a
-    newline (:mod:`explorl.agents.formats`)."""
+    newline; ``hermes`` is ``<tool_call>`` JSON before EOS (Hermes, Qwen), answered as the
+    model's chat template renders ``tool`` messages, the tools' schemas shown in the prompt
+    (:mod:`explorl.agents.formats`)."""
     environment_reward_weight: float = 1.0
     openenv_action_field: str = "message"
     """``environment_factory=openenv:<url>``: the action field the model's argument fills
@@ -713,11 +721,7 @@ class TrainConfig:
              "max_tool_calling_iterations", "must be >= 1 (or none)")
         need(self.tool_timeout is None or self.tool_timeout > 0, "tool_timeout",
              "must be > 0 (or none)")
-        if not self.multi_turn:
-            return
-        for method in ("herl", "ppo", "dynamic_sampling"):
-            need(not self.uses(method), "method", f"{method} with tools or an environment is "
-                 "not supported yet; use grpo (with e3 if you like)")
+        need(self.tool_straggler_wait >= 0, "tool_straggler_wait", "must be >= 0")
 
     def _check_vllm(self, need: Need) -> None:
         need(self.vllm_importance_sampling_cap > 0, "vllm_importance_sampling_cap",

@@ -83,9 +83,6 @@ class Parallel:
         if cfg.uses("herl") and cfg.herl.guide_kind != "policy" and self.world > 1:
             raise UserError(f"herl.guide: {cfg.herl.guide_kind} (a copy of the model) runs in "
                             "one process; under a launcher use herl.guide=policy")
-        if cfg.multi_turn and self.world > 1:
-            raise UserError("tools: multi-turn episodes run in one process for now; start the "
-                            "run without a launcher")
         if cfg.engine == "vllm" and self.world > 1:
             raise UserError("engine: vllm runs in one process here (one engine per process is "
                             "not tested); under a launcher use engine=fast")

@@ -17,19 +17,30 @@ from explorl.rewards.rubric import Grade, RubricReward
 from explorl.rollout.engine import RolloutEngine
 
 
-def _answer(engine: RolloutEngine, tokenizer, encoded: list[list[int]], max_new_tokens: int,
-            temperature: float) -> list[str]:
+def _answer(engine: RolloutEngine, tokenizer, codec, rows: list[dict], encoded: list[list[int]],
+            max_new_tokens: int, temperature: float, episodes=None) -> tuple[list[str], list]:
+    """Each row's answer to its context: the texts (a draft for hindsight) and the completions
+    as the rubric grades them. ``episodes`` (an :class:`~explorl.agents.AgentCollector`):
+    multi-turn episodes with its tools, the text the whole episode, graded on its messages."""
+    if episodes is not None:
+        from explorl.agents.rollout import closed
+
+        played = episodes.play(rows, encoded, [1] * len(rows), [temperature or 1.0] * len(rows),
+                               max_new_tokens, greedy=temperature == 0)
+        closed(played)
+        return ([tokenizer.decode(e.ids, skip_special_tokens=True) for e in played],
+                [e.messages for e in played])
     if temperature == 0:
         ids = engine.greedy(encoded, max_new_tokens)
     else:
         ids = engine.generate(encoded, [1] * len(encoded), [temperature] * len(encoded),
                               max_new_tokens).completions()
-    return tokenizer.batch_decode(ids, skip_special_tokens=True)
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return texts, [codec.completion(r["prompt"], t) for r, t in zip(rows, texts)]
 
 
-def _grade(reward: RubricReward, codec, rows, texts) -> list[Grade | None]:
-    prompts = [r["prompt"] for r in rows]
-    return reward.grade(prompts, [codec.completion(p, t) for p, t in zip(prompts, texts)],
+def _grade(reward: RubricReward, rows, completions) -> list[Grade | None]:
+    return reward.grade([r["prompt"] for r in rows], completions,
                         rubric=[criteria_of(r) for r in rows])
 
 
@@ -45,16 +56,21 @@ def _dense(grades) -> float:
 def improve(engine: RolloutEngine, tokenizer, rows: list[dict], template: str, rounds: int = 3,
             reward: RubricReward | None = None, max_new_tokens: int = 16,
             temperature: float = 0.0, codec: PromptCodec | None = None,
-            lists: str = "shown") -> dict:
+            lists: str = "shown", episodes=None) -> dict:
     """Answer each row, then up to ``rounds`` times revise the latest answer of rows whose best
     answer misses a criterion. Returns ``success_by_round`` (share of rows whose best answer
     meets every criterion after round r; round 0 is the first answer), ``dense_by_round`` and
-    the best ``answers``. ``temperature`` 0 is greedy."""
+    the best ``answers``. ``temperature`` 0 is greedy. ``episodes``: answers and revisions are
+    episodes with its tools (see :func:`_answer`)."""
     codec = codec or PromptCodec(tokenizer)
     reward = reward or RubricReward("strict")
-    latest = _answer(engine, tokenizer, [codec.encode(r["prompt"]) for r in rows],
-                     max_new_tokens, temperature)
-    latest_grades = _grade(reward, codec, rows, latest)
+
+    def answer(todo_rows, contexts):
+        texts, completions = _answer(engine, tokenizer, codec, todo_rows, contexts,
+                                     max_new_tokens, temperature, episodes)
+        return texts, _grade(reward, todo_rows, completions)
+
+    latest, latest_grades = answer(rows, [codec.encode(r["prompt"]) for r in rows])
     best, best_grades = list(latest), list(latest_grades)
     success, dense = [_success(best_grades)], [_dense(best_grades)]
     for _ in range(rounds):
@@ -63,8 +79,7 @@ def improve(engine: RolloutEngine, tokenizer, rows: list[dict], template: str, r
         if todo:
             contexts = [hindsight_prompt(codec, template, rows[i], latest[i],
                                          latest_grades[i].verdicts, lists) for i in todo]
-            texts = _answer(engine, tokenizer, contexts, max_new_tokens, temperature)
-            grades = _grade(reward, codec, [rows[i] for i in todo], texts)
+            texts, grades = answer([rows[i] for i in todo], contexts)
             for i, text, grade in zip(todo, texts, grades):
                 latest[i], latest_grades[i] = text, grade
                 if grade is not None and grade.dense > best_grades[i].dense:
@@ -89,7 +104,8 @@ def hindsight_probe(engine: RolloutEngine, tokenizer, rows: list[dict], reward: 
                           max_new_tokens)
     texts = tokenizer.batch_decode(out.completions(), skip_special_tokens=True)
     sample_rows = [rows[int(g)] for g in out.group_ids]
-    grades = _grade(reward, codec, sample_rows, texts)
+    grades = _grade(reward, sample_rows, [codec.completion(r["prompt"], t)
+                                          for r, t in zip(sample_rows, texts)])
     drafts: dict[int, int] = {}
     for k, (g, grade) in enumerate(zip(out.group_ids.tolist(), grades)):
         if grade is not None and not grade.strict and g not in drafts:
@@ -105,8 +121,8 @@ def hindsight_probe(engine: RolloutEngine, tokenizer, rows: list[dict], reward: 
     for lists in ("shown", "blank", "swapped"):
         contexts = [hindsight_prompt(codec, template, rows[g], texts[k], grades[k].verdicts,
                                      lists) for g, k in drafts.items()]
-        revised = _answer(engine, tokenizer, contexts, max_new_tokens, temperature)
-        revised_grades = _grade(reward, codec, draft_rows, revised)
+        revised_grades = _grade(reward, draft_rows, _answer(
+            engine, tokenizer, codec, draft_rows, contexts, max_new_tokens, temperature)[1])
         result[f"revision_all_met_{lists}"] = _success(revised_grades)
         result[f"revision_dense_{lists}"] = _dense(revised_grades)
     return result

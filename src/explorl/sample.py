@@ -2,6 +2,8 @@
 
 One JSON line per completion: ``prompt``, ``completion``, ``reward`` (null where the reward is
 unknown), ``truncated`` (no EOS within ``--max-new-tokens``), then the data set's own columns.
+A multi-turn task's lines are episodes: ``completion`` is the whole episode's text (the tools'
+answers in it), and ``messages`` (as reward functions see it) and ``tool_calls`` come with it.
 ``explorl pairs`` turns such a file into preference pairs for ``explorl rm``; ``explorl train
 method=ilql`` learns from it as it is.
 """
@@ -54,6 +56,29 @@ def sample_rows(engine: RolloutEngine, tokenizer, rows: list[dict], scorer: Scor
                         "completion": scorer.codec.completion(row["prompt"], text),
                         "reward": reward if math.isfinite(reward) else None,
                         "truncated": truncated, **columns})
+    return out
+
+
+def sample_episodes(collector, rows: list[dict], n: int, temperature: float,
+                    max_new_tokens: int, prompts_per_call: int = 64) -> list[dict]:
+    """``n`` episodes of each row's prompt at ``temperature``, played by an
+    :class:`~explorl.agents.AgentCollector` and scored by its reward functions."""
+    from explorl.agents.rollout import closed
+
+    out = []
+    for s in range(0, len(rows), prompts_per_call):
+        chunk = rows[s:s + prompts_per_call]
+        episodes = collector.play(chunk, [collector.codec.encode(r["prompt"]) for r in chunk],
+                                  [n] * len(chunk), [temperature] * len(chunk), max_new_tokens)
+        rewards = collector.rewards(episodes).total.tolist()
+        closed(episodes)
+        for e, reward in zip(episodes, rewards):
+            columns = {k: _plain(v) for k, v in e.row.items() if k != "prompt"}
+            out.append({"prompt": e.row["prompt"],
+                        "completion": collector.tokenizer.decode(e.ids, skip_special_tokens=True),
+                        "reward": reward if math.isfinite(reward) else None,
+                        "truncated": not e.ended, "messages": e.messages,
+                        "tool_calls": e.calls, **columns})
     return out
 
 

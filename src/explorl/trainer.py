@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from explorl.agents import AgentCollector, build_collector
+from explorl.agents import AgentCollector, build_collector, prompt_tools
 from explorl.algorithms import build_algorithm
 from explorl.algorithms.terms import (
     EntropyBonus,
@@ -54,7 +54,6 @@ from explorl.rewards.base import Scorer, resolve
 from explorl.rewards.judge import build_judge
 from explorl.rewards.rubric import RubricReward
 from explorl.rollout import RolloutEngine, build_engine, check_sampling_logps
-from explorl.rollout.collect import Collector
 from explorl.run import RunLoop, RunSettings, linear_warmup
 from explorl.tracking import format_table, log_completions
 
@@ -134,8 +133,9 @@ class Trainer(RunLoop):
         self.cfg = cfg
         set_seed(cfg.seed)
         self.tokenizer = load_tokenizer(cfg.model)
-        self.codec = PromptCodec(self.tokenizer, cfg.apply_chat_template, cfg.max_prompt_length)
         task = load_task(cfg)
+        self.codec = PromptCodec(self.tokenizer, cfg.apply_chat_template, cfg.max_prompt_length,
+                                 prompt_tools(cfg, task.tools))
         self.train_rows, self.eval_rows = task.train, task.eval
         self.prompt_ids = [self.codec.encode(r["prompt"]) for r in self.train_rows]
         self.device = resolve_device(cfg.device, cfg.bf16 or cfg.bf16_weights,
@@ -181,8 +181,8 @@ class Trainer(RunLoop):
         self.guide = Guide(cfg.herl.guide_kind, self.model, cfg.herl.guide_ema) \
             if self.hindsight else None
         if self.guide and not self.guide.is_policy:  # revisions and teacher passes of its own
-            self.guide_collect = Collector(build_engine(cfg, self.guide.model, self.tokenizer),
-                                           self.scorer, self.tokenizer, self.dist, self.device)
+            self.guide_collect = self.collect.with_engine(
+                build_engine(cfg, self.guide.model, self.tokenizer))
             self.guide_logprobs = LogProbs.from_config(cfg, self.guide.model)
         else:
             self.guide_collect, self.guide_logprobs = self.collect, self.logprobs

@@ -4,7 +4,8 @@
 DDP, FSDP or DeepSpeed ZeRO-2) and the same update in one process, then compares gradients and
 weights. Every process is handed the whole batch, as the trainer hands it after collecting; the
 update takes its own balanced share of the rows. It also collects one request (each process
-generates and scores its share; all must hold the same whole batch), and trains 4 HeRL steps
+generates and scores its share; all must hold the same whole batch), the same for multi-turn
+episodes of the calculator task, and trains 4 HeRL steps
 straight, and 2 + 2 with a resume, for the exact-resume check.
 """
 
@@ -51,8 +52,9 @@ def with_revision_loss(trainer: Trainer, gamma: float) -> Trainer:
 def fixed_batch(trainer: Trainer, width: int = 6) -> tuple[TrainBatch, torch.Tensor,
                                                            torch.Tensor]:
     """Random completions of varied length and temperature, a masked reward, two off-policy
-    (revision) rows: every term of the loss and every normaliser count matters. Returns the
-    batch, its advantages and its loss mask."""
+    (revision) rows, tool answers inside some completions (tokens out of the loss, as in
+    episodes): every term of the loss and every normaliser count matters. Returns the batch,
+    its advantages and its loss mask."""
     g = torch.Generator().manual_seed(0)
     prompts = [trainer.prompt_ids[i] for i in range(len(COUNTS)) for _ in range(COUNTS[i])]
     n, pad = len(prompts), trainer.tokenizer.pad_token_id
@@ -60,10 +62,12 @@ def fixed_batch(trainer: Trainer, width: int = 6) -> tuple[TrainBatch, torch.Ten
     lengths = torch.randint(1, width + 1, (n,), generator=g)
     mask = (torch.arange(width) < lengths[:, None]).long()
     ids = torch.randint(4, trainer.model.config.vocab_size, (n, width), generator=g)
+    by_model = mask.clone()
+    by_model[lengths >= 4, 1:3] = 0  # a two-token tool answer after the first model token
     rollout = Rollout(prompt_ids, prompt_mask, ids.masked_fill(mask == 0, pad), mask,
                       0.7 + 0.6 * torch.rand(n, generator=g),
                       torch.repeat_interleave(torch.arange(len(COUNTS)), torch.tensor(COUNTS)),
-                      torch.zeros(n, dtype=torch.bool))
+                      torch.zeros(n, dtype=torch.bool), tool_mask=by_model)
     rewards = torch.randint(0, 2, (n,), generator=g).float()
     rewards[7] = float("nan")
     revision = torch.zeros(n, dtype=torch.bool)
@@ -108,14 +112,21 @@ def update(trainer: Trainer, batch, advantages, loss_mask) -> tuple[dict[str, to
     return tensors, metrics
 
 
-def collected(trainer: Trainer) -> dict:
-    """One request collected: what this process holds afterwards."""
-    rows = trainer.train_rows[:len(COUNTS)]
-    batch = trainer.collect(rows, trainer.prompt_ids[:len(COUNTS)], COUNTS,
-                            [1.0] * len(COUNTS), 8)
-    return {"texts": batch.texts, "groups": batch.rollout.group_ids.tolist(),
+def collected(trainer: Trainer, level: str | None = None) -> dict:
+    """One request collected (of the task's rows at ``level``, if given): what this process
+    holds afterwards."""
+    picked = [i for i, row in enumerate(trainer.train_rows)
+              if level is None or row["level"] == level][:len(COUNTS)]
+    batch = trainer.collect([trainer.train_rows[i] for i in picked],
+                            [trainer.prompt_ids[i] for i in picked], COUNTS,
+                            [1.0] * len(COUNTS), trainer.cfg.max_completion_length)
+    rollout = batch.rollout
+    return {"texts": batch.texts, "groups": rollout.group_ids.tolist(),
             "rewards": batch.rewards.total.tolist(), "passed": batch.passed.tolist(),
-            "completion_ids": batch.rollout.completion_ids.tolist()}
+            "completion_ids": rollout.completion_ids.tolist(),
+            "tool_tokens": None if rollout.tool_mask is None
+            else int((rollout.completion_mask * (1 - rollout.tool_mask)).sum()),
+            "metrics": batch.metrics}
 
 
 RESUME = dict(prompts_per_step=4, num_generations=4, save_every=2, method="herl+e3",
@@ -132,6 +143,9 @@ def main(out: Path) -> None:
         save_file(tensors, str(out / f"{case}-rank{rank}.safetensors"))
         (out / f"{case}-rank{rank}.json").write_text(json.dumps(metrics))
     (out / f"collect-rank{rank}.json").write_text(json.dumps(collected(trainer)))
+    episodes = Trainer(TrainConfig(output_dir=str(out / "unused"), dataset="calculator",
+                                   model="tiny-tools", **SMALL))
+    (out / f"episodes-rank{rank}.json").write_text(json.dumps(collected(episodes, "L7")))
     Trainer(TrainConfig(output_dir=str(out / "straight"), max_steps=4, **RESUME)).train()
     Trainer(TrainConfig(output_dir=str(out / "resumed"), max_steps=2, **RESUME)).train()
     Trainer(TrainConfig(output_dir=str(out / "resumed"), max_steps=4, **RESUME)).train()

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 from explorl.agents.formats import FORMATS
-from explorl.agents.openenv import PREFIX, openenv_factory
+from explorl.agents.openenv import PREFIX, OpenEnvEnvironment, openenv_factory
 from explorl.agents.rollout import AgentCollector
-from explorl.agents.tools import check_environment, load_object
+from explorl.agents.tools import check_environment, load_object, schemas
 from explorl.rollout.collect import Collector
 
 
@@ -17,22 +19,38 @@ def build_collector(cfg, engine, scorer, tokenizer, dist, device, codec,
                     task_tools=()) -> Collector:
     """The collector a config asks for: single-turn, or episodes with tools when ``tools`` or
     ``environment_factory`` is set, or the task brings its own tools (``task_tools``)."""
-    specs = cfg.tools or list(task_tools)
-    if not (specs or cfg.environment_factory):
+    if not cfg.multi_turn:
         return Collector(engine, scorer, tokenizer, dist, device)
-    factory = None
-    if isinstance(cfg.environment_factory, str) and cfg.environment_factory.startswith(PREFIX):
-        factory = openenv_factory(cfg.environment_factory, cfg.openenv_action_field)
-    elif cfg.environment_factory is not None:
-        factory = load_object("environment_factory", cfg.environment_factory)
-        check_environment(factory)
-    tools = [load_object("tools", t) for t in specs]
+    tools, factory = load_tools(cfg, task_tools)
     return AgentCollector(engine, scorer, tokenizer, dist, device,
                           fmt=FORMATS[cfg.tool_call_format](tokenizer), codec=codec,
                           tools=tools, environment_factory=factory,
                           max_turns=cfg.max_tool_calling_iterations,
                           tool_timeout=cfg.tool_timeout,
+                          straggler_wait=cfg.tool_straggler_wait,
                           environment_weight=cfg.environment_reward_weight)
 
 
-__all__ = ["AgentCollector", "build_collector"]
+def load_tools(cfg, task_tools=()) -> tuple[list, object]:
+    """The tool functions (the config's, else the task's) and the environment factory."""
+    factory = cfg.environment_factory
+    if isinstance(factory, str) and factory.startswith(PREFIX):
+        factory = openenv_factory(factory, cfg.openenv_action_field)
+    elif factory is not None:
+        factory = load_object("environment_factory", factory)
+        check_environment(factory)
+    return [load_object("tools", t) for t in cfg.tools or task_tools], factory
+
+
+def prompt_tools(cfg, task_tools=()) -> list[dict] | None:
+    """The tools' JSON schemas, for a chat template to show in the prompt (``hermes`` calls);
+    an environment's methods are known from its class (an OpenEnv server's: ``act``)."""
+    if not (cfg.multi_turn and cfg.tool_call_format == "hermes"):
+        return None
+    tools, factory = load_tools(cfg, task_tools)
+    if isinstance(cfg.environment_factory, str) and cfg.environment_factory.startswith(PREFIX):
+        factory = OpenEnvEnvironment
+    return schemas(tools, factory if inspect.isclass(factory) else None)
+
+
+__all__ = ["AgentCollector", "build_collector", "prompt_tools"]

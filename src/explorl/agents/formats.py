@@ -5,21 +5,30 @@
 to the tool's first parameter. A turn that ends without the closing ``]`` (at EOS) calls nothing;
 one that ends with it but is not ``[name:argument]`` is a malformed call, answered with an error
 observation.
+
+``hermes`` (chat models: Hermes, Qwen2.5, Qwen3 and the templates that copy them): the model ends
+its turn (EOS) after one or more ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+blocks; the answers are the ``tool`` messages as the model's own chat template renders them,
+followed by its generation prompt, so the episode reads exactly as the template would render
+the conversation. A block that is not such JSON is a malformed call.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 
 from explorl.errors import UserError
 
 TAGGED = re.compile(r"\[([A-Za-z_][A-Za-z0-9_]*):([^\[\]]*)\]$")
+HERMES = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 
 
 @dataclass
 class Call:
-    """A parsed call: the tool's name and its arguments (a string: the first parameter's)."""
+    """A parsed call: the tool's name and its arguments (keywords, or a string: the first
+    parameter's)."""
 
     name: str
     arguments: dict | str
@@ -36,19 +45,71 @@ class TaggedFormat:
                             "model's tokenizer")
         self.stop_ids = (ids[0],)
 
-    def ends_call(self, turn: list[int]) -> bool:
-        """Whether the model's turn ended by closing a call."""
-        return bool(turn) and turn[-1] in self.stop_ids
-
-    def parse(self, text: str) -> Call | None:
-        """The call that ends ``text`` (a turn ending with ``]``), or None if malformed."""
+    def calls(self, turn: list[int], text: str, complete: bool) -> list[Call | None] | None:
+        """The calls a turn makes (None where malformed), or None when it calls nothing; a
+        call closes the turn."""
+        if not (complete and turn and turn[-1] in self.stop_ids):
+            return None
         match = TAGGED.search(text)
-        return None if match is None else Call(match.group(1), match.group(2))
+        return [None if match is None else Call(match.group(1), match.group(2))]
 
-    def answer(self, results: list[str]) -> list[int]:
-        """The tokens that carry the tools' answers back to the model."""
-        return self.tokenizer("".join(f"{r}\n" for r in results),
+    def answer(self, results: list[tuple[str, str]]) -> list[int]:
+        """The tokens that carry the tools' answers (``(name, text)``) back to the model."""
+        return self.tokenizer("".join(f"{text}\n" for _, text in results),
                               add_special_tokens=False).input_ids
 
 
-FORMATS = {"tagged": TaggedFormat}
+class HermesFormat:
+    """``<tool_call>`` JSON blocks before EOS, answers rendered by the chat template (module
+    docstring)."""
+
+    stop_ids = ()  # a turn with calls ends at EOS, as the template ends an assistant turn
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise UserError("tool_call_format: hermes renders the tools' answers with the "
+                            "model's chat template, and its tokenizer has none")
+        self.answer([])  # the template is checked once, here
+
+    def calls(self, turn: list[int], text: str, complete: bool) -> list[Call | None] | None:
+        """As :meth:`TaggedFormat.calls`; ``text`` keeps special tokens (tags may be ones)."""
+        opened = text.count("<tool_call>")
+        if not (complete and opened):
+            return None
+        blocks = [parse_json_call(body) for body in HERMES.findall(text)]
+        return blocks + [None] * (opened - len(blocks))  # an unclosed block: malformed
+
+    def answer(self, results: list[tuple[str, str]]) -> list[int]:
+        """What the template writes after an assistant turn's EOS: the ``tool`` messages and
+        the next generation prompt, as tokens."""
+        tok = self.tokenizer
+        turn = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "."}]
+        before = tok.apply_chat_template(turn, tokenize=False)
+        after = tok.apply_chat_template(
+            turn + [{"role": "tool", "name": name, "content": text} for name, text in results],
+            tokenize=False, add_generation_prompt=True)
+        end = before.rfind(tok.eos_token) if tok.eos_token else -1
+        if end < 0 or not after.startswith(before[:end + len(tok.eos_token)]):
+            raise UserError("tool_call_format: hermes needs a chat template that ends an "
+                            f"assistant turn with the EOS token ({tok.eos_token!r}) and renders "
+                            "tool messages after it")
+        return tok(after[end + len(tok.eos_token):], add_special_tokens=False).input_ids
+
+
+def parse_json_call(body: str) -> Call | None:
+    """``{"name": ..., "arguments": {...}}`` (arguments may also be a JSON string), or None."""
+    try:
+        call = json.loads(body)
+        arguments = call.get("arguments", {})
+        if isinstance(arguments, str):
+            arguments = json.loads(arguments)
+    except (ValueError, AttributeError):
+        return None
+    name = call.get("name")
+    if not isinstance(name, str) or not isinstance(arguments, dict):
+        return None
+    return Call(name, arguments)
+
+
+FORMATS = {"tagged": TaggedFormat, "hermes": HermesFormat}

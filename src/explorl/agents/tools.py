@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import inspect
+import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,11 +56,23 @@ def tools_of(functions: list[Callable], environment=None) -> dict[str, Callable]
     return tools
 
 
-def schemas(tools: dict[str, Callable]) -> list[dict]:
-    """JSON schemas of the tools, as chat templates take them."""
+def schemas(functions: list[Callable], environment_class=None) -> list[dict]:
+    """JSON schemas of the tools (the functions, and the environment class's methods), as chat
+    templates take them; one line naming a tool whose type hints or docstring give none."""
     from transformers.utils import get_json_schema
 
-    return [get_json_schema(fn) for fn in tools.values()]
+    tools = tools_of(functions)
+    if environment_class is not None:  # bound to a stand-in: the schema leaves out ``self``
+        tools.update((name, types.MethodType(fn, object()))
+                     for name, fn in public_methods(environment_class))
+    out = []
+    for name, fn in tools.items():
+        try:
+            out.append(get_json_schema(fn))
+        except Exception as e:  # noqa: BLE001 - transformers' parsing errors vary
+            raise UserError(f"tools: {name}: no JSON schema for the chat template ({e}); give "
+                            "it type hints and a docstring with an Args: section") from None
+    return out
 
 
 class EpisodeFailed(Exception):
@@ -80,33 +94,62 @@ def error_text(message: str) -> str:
     return f"error: {message}"
 
 
+@dataclass
+class Running:
+    """A call on its way: its future (None: no such tool), the tool's name, when it began."""
+
+    future: cf.Future | None
+    name: str
+    started: float
+
+
 class ToolRunner:
-    """Runs the calls of a turn concurrently, each at most ``timeout`` seconds."""
+    """Runs calls in worker threads, each at most ``timeout`` seconds: :meth:`start` one,
+    :meth:`wait` for some, read each one's :meth:`outcome`."""
 
     def __init__(self, timeout: float | None = 30.0, workers: int = 16):
         self.timeout = timeout
         self.pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tool")
 
+    def start(self, fn: Callable | None, name: str, arguments: dict) -> Running:
+        future = self.pool.submit(fn, **arguments) if fn is not None else None
+        return Running(future, name, time.monotonic())
+
+    def outcome(self, call: Running, final: bool = False) -> CallResult | None:
+        """What the call gave; None while it runs within its timeout (``final``: a call still
+        running has timed out)."""
+        if call.future is None:
+            return CallResult(error_text(f"unknown tool {call.name!r}"), error=True)
+        if not call.future.done():
+            overdue = self.timeout is not None and \
+                time.monotonic() - call.started >= self.timeout
+            return CallResult(error_text(f"{call.name} timed out"), error=True, fatal=True) \
+                if final or overdue else None
+        error = call.future.exception()
+        if error is None:
+            return CallResult(str(call.future.result()))
+        return CallResult(error_text(str(error)), error=True,
+                          fatal=isinstance(error, EpisodeFailed))
+
+    def wait(self, calls: list[Running], seconds: float | None = None,
+             first: bool = False) -> None:
+        """Until every call (``first``: one call) is done, a call's timeout passes, or
+        ``seconds`` (None: no other limit)."""
+        running = [c for c in calls if c.future is not None and not c.future.done()]
+        if not running:
+            return
+        if self.timeout is not None:
+            due = min(c.started for c in running) + self.timeout - time.monotonic()
+            seconds = max(0.0, due if seconds is None else min(seconds, due))
+        cf.wait([c.future for c in running], timeout=seconds,
+                return_when=cf.FIRST_COMPLETED if first else cf.ALL_COMPLETED)
+
     def run(self, calls: list[tuple[Callable | None, str, dict]]) -> list[CallResult]:
-        """``(function, name, arguments)`` per call (function None: no such tool); results
-        in order. The turn waits for the slowest call, at most ``timeout``."""
-        futures = [self.pool.submit(fn, **args) if fn is not None else None
-                   for fn, _, args in calls]
-        done = cf.wait([f for f in futures if f is not None], timeout=self.timeout)[0]
-        out = []
-        for (_, name, _), future in zip(calls, futures):
-            if future is None:
-                out.append(CallResult(error_text(f"unknown tool {name!r}"), error=True))
-            elif future not in done:
-                out.append(CallResult(error_text(f"{name} timed out"), error=True, fatal=True))
-            elif isinstance(future.exception(), EpisodeFailed):
-                out.append(CallResult(error_text(str(future.exception())), error=True,
-                                      fatal=True))
-            elif future.exception() is not None:
-                out.append(CallResult(error_text(str(future.exception())), error=True))
-            else:
-                out.append(CallResult(str(future.result())))
-        return out
+        """``(function, name, arguments)`` per call, all at once; their results in order,
+        after the slowest (at most ``timeout``)."""
+        running = [self.start(*call) for call in calls]
+        self.wait(running)
+        return [self.outcome(c, final=True) for c in running]
 
 
 def load_object(field: str, spec):

@@ -91,12 +91,17 @@ def group_relative(inputs: AdvantageInputs, baseline: str = "mean",
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
         lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation (Schulman et al. 2016) over each completion's tokens.
-    With ``delta_t = r_t + gamma V_{t+1} - V_t`` (no value after the last token):
-    ``A_t = delta_t + gamma lam A_{t+1}``; returns ``R_t = A_t + V_t``. Both zero past the end."""
+    """Generalised advantage estimation (Schulman et al. 2016) over each completion's masked
+    tokens, in order. With ``delta_t = r_t + gamma V_{t+1} - V_t`` (no value after the last
+    token): ``A_t = delta_t + gamma lam A_{t+1}``; returns ``R_t = A_t + V_t``. Both zero
+    outside the mask. Unmasked tokens inside a completion (a tool's answer in an episode) are
+    the environment's move, not a step: ``t + 1`` is the next masked token."""
     mask = mask.to(rewards.dtype)
-    values = values * mask
     width = rewards.shape[1]
+    # the masked tokens first, in order: a row's steps side by side, whatever lies between
+    order = torch.argsort((1 - mask) * width + torch.arange(width, device=mask.device), dim=1,
+                          stable=True)
+    rewards, values, mask = (x.gather(1, order) for x in (rewards, values * mask, mask))
     # one step past the last column: no token, no value
     after = torch.cat([mask[:, 1:], torch.zeros_like(mask[:, :1])], dim=1)
     next_values = torch.cat([values[:, 1:], torch.zeros_like(values[:, :1])], dim=1)
@@ -107,7 +112,8 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         running = delta + gamma * lam * running * after[:, t]
         advantages[:, t] = running
     advantages = advantages * mask
-    return advantages, (advantages + values) * mask
+    returns = (advantages + values) * mask
+    return tuple(torch.zeros_like(x).scatter(1, order, x) for x in (advantages, returns))
 
 
 Estimator = Callable[[AdvantageInputs, EstimatorOptions], torch.Tensor]

@@ -72,11 +72,13 @@ def entropy_threshold(entropies: torch.Tensor, top_quantile: float) -> float:
 
 
 def terminal_rewards(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token rewards ``[N, L]``: each sequence's score on its last masked token, 0
-    elsewhere; rows without a token or with an unknown (NaN) score get none."""
+    """Per-token rewards ``[N, L]``: each sequence's score on its last masked token (an
+    episode's mask has holes where the tools wrote), 0 elsewhere; rows without a token or with
+    an unknown (NaN) score get none."""
     mask = mask.float()
     rewards = torch.zeros_like(mask)
-    last = (mask.sum(-1).long() - 1).clamp(min=0)
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    last = torch.where(mask > 0, columns, 0).amax(-1)
     has_score = (mask.sum(-1) > 0) & ~scores.isnan()
     rewards[torch.arange(len(scores), device=mask.device), last] = torch.where(
         has_score, scores.float(), torch.zeros_like(mask[:, 0]))

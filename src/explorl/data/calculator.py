@@ -5,7 +5,9 @@ The model may answer at once (``12*7=84``) or call the tool in the tagged format
 (``12*7=[calc:12*7]`` + the tool's ``84`` and a newline + ``84``). :func:`calculator_reward` is 1
 when the episode's last message is the model's and equals the answer; :func:`tool_cost` takes
 ``COST`` off for each call, so that answering at once is worth more where the model is sure of
-itself, and calling pays where it is not. The prompts and the held-out split are arithmetic's.
+itself, and calling pays where it is not. The prompts and the held-out split are arithmetic's;
+each row also carries the answer check as a one-criterion ``rubric`` (:func:`with_rubric`), which
+HeRL grades with in place of :func:`calculator_reward`.
 """
 
 from __future__ import annotations
@@ -66,8 +68,24 @@ def tool_cost(prompts, completions, **_) -> list[float]:
     return [-COST * sum(m.get("role") == "tool" for m in messages) for messages in completions]
 
 
+def answers(text: str, answer: str) -> bool:
+    """The model's last line (its final message) is the answer: the rubric form of
+    :func:`calculator_reward`."""
+    lines = text.strip().splitlines()
+    return bool(lines) and lines[-1].strip() == answer
+
+
+def with_rubric(row: dict) -> dict:
+    """``row`` with its one-criterion rubric, for HeRL's hindsight: the criterion says what
+    was asked, not the answer."""
+    criterion = {"description": f"answers with the value of {row['prompt'].rstrip('=')}",
+                 "check": "explorl.data.calculator:answers", "args": {"answer": row["answer"]}}
+    return {**row, "rubric": [criterion]}
+
+
 def splits(train_size: int, eval_size: int) -> tuple[list[dict], list[dict]]:
-    return arithmetic.splits(train_size, eval_size)
+    train, held = arithmetic.splits(train_size, eval_size)
+    return [with_rubric(r) for r in train], [with_rubric(r) for r in held]
 
 
 def sft_example(rng: random.Random, held: set[str], tool_share: float,

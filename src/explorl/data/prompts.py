@@ -18,11 +18,13 @@ class PromptCodec:
 
     mode ``auto``: conversational prompts use the template; plain prompts use it when the
     tokenizer has one (wrapped as one user message). ``always`` requires a template; ``never``
-    encodes plain text and joins conversational messages' contents.
+    encodes plain text and joins conversational messages' contents. ``tools`` (JSON schemas)
+    are passed to the template, which shows them to the model.
     """
 
-    def __init__(self, tokenizer, mode: str = "auto", max_prompt_length: int = 512):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, mode: str = "auto", max_prompt_length: int = 512,
+                 tools: list[dict] | None = None):
+        self.tokenizer, self.tools = tokenizer, tools
         self.mode = mode
         self.max_prompt_length = max_prompt_length
         self.has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -41,7 +43,7 @@ class PromptCodec:
             messages = prompt if is_conversational(prompt) else [
                 {"role": "user", "content": prompt}]
             return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True)
+                messages, tools=self.tools, tokenize=False, add_generation_prompt=True)
         if is_conversational(prompt):
             return "\n".join(m["content"] for m in prompt)
         return prompt

@@ -49,7 +49,9 @@ def _rows(cfg) -> Task:
         return Task(rows, rows, "explorl.data.champ:champ_reward")
     if cfg.dataset == "calculator":
         train, held = calculator.splits(cfg.task_train_size, cfg.eval_size)
-        return Task(train, held, ["calculator", "tool_cost"], ["explorl.data.calculator:calc"])
+        # HeRL's hindsight names the criteria missed: the same check, graded as a rubric
+        answer = "rubric" if cfg.uses("herl") else "calculator"
+        return Task(train, held, [answer, "tool_cost"], ["explorl.data.calculator:calc"])
     if isinstance(cfg.dataset, str) and cfg.dataset in BUILTIN_TASKS:
         if cfg.dataset == "arithmetic":
             train, held = arithmetic.splits(cfg.task_train_size, cfg.eval_size)

@@ -26,7 +26,7 @@ from explorl.rollout.engine import left_pad
 def failed_samples(batch: ScoredBatch, train_batch: TrainBatch, threshold: float) -> list[int]:
     """Rows of the batch below ``threshold`` with a known reward and grades, not overwritten by
     a revision."""
-    rewards, grades = batch.rewards.total, batch.rewards.grades or [None] * len(batch)
+    rewards, grades = batch.rewards.met(), batch.rewards.grades or [None] * len(batch)
     revision = train_batch.rows.get("revision")
     return [i for i in range(len(batch)) if grades[i] is not None and not rewards[i].isnan()
             and float(rewards[i]) < threshold and not (revision is not None and revision[i])]

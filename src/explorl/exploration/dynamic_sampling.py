@@ -8,9 +8,11 @@ dropped groups' tokens were generated all the same: they count in the run's toke
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from explorl.batch import Rewards, Rollout, ScoredBatch
+from explorl.batch import Rewards, Rollout, ScoredBatch, added
 
 
 def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor,
@@ -27,7 +29,8 @@ def informative_groups(rewards: torch.Tensor, group_ids: torch.Tensor,
 
 def join_groups(parts: list[tuple[ScoredBatch, list[int]]], pad_id: int) -> ScoredBatch:
     """The samples of the chosen groups of each batch, as one batch: groups numbered in order,
-    rows, texts, rewards and timings alike."""
+    rows, texts, rewards and timings alike; counts (an episode's tool calls) over every batch,
+    dropped groups too, as their tokens are."""
     rollouts, rows, texts, rewards, passed, seconds = [], [], [], [], [], {}
     for batch, groups in parts:
         for new_id, g in enumerate(groups, start=len(rows)):
@@ -42,7 +45,7 @@ def join_groups(parts: list[tuple[ScoredBatch, list[int]]], pad_id: int) -> Scor
         for key, value in batch.seconds.items():
             seconds[key] = seconds.get(key, 0.0) + value
     return ScoredBatch(Rollout.concat(rollouts, pad_id), rows, texts, Rewards.concat(rewards),
-                       torch.cat(passed), seconds)
+                       torch.cat(passed), seconds, added([b.metrics for b, _ in parts]))
 
 
 class Selection:
@@ -79,7 +82,8 @@ class Selection:
 
     def result(self) -> tuple[ScoredBatch, int, dict]:
         """The batch to train on, the tokens generated for groups left out of it, metrics."""
-        out = join_groups(self.parts, self.pad_id) if self.kept else self.first
+        out = join_groups(self.parts, self.pad_id) if self.kept else \
+            replace(self.first, metrics=added([b.metrics for b, _ in self.parts]))
         dropped = self.generated - out.generated_tokens
         metrics = {"dynamic_sampling/rounds": self.rounds,
                    "dynamic_sampling/kept_groups": self.kept / self.groups,

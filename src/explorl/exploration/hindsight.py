@@ -50,11 +50,11 @@ comma-separated)."""
 
 
 def template_for(template: str | None, dataset) -> str:
-    """``template``, else the built-in rubric task's own (the shipped model was warm-started
-    on it), else :data:`DEFAULT_TEMPLATE`."""
+    """``template``, else the built-in tasks' own (the shipped models were warm-started from
+    a model trained on it), else :data:`DEFAULT_TEMPLATE`."""
     if template:
         return template
-    return rubric_task.REVISE_TEMPLATE if str(dataset) in rubric_task.VARIANTS \
+    return rubric_task.REVISE_TEMPLATE if str(dataset) in {*rubric_task.VARIANTS, "calculator"} \
         else DEFAULT_TEMPLATE
 
 
@@ -277,7 +277,7 @@ class Hindsight:
         rewards, groups = batch.rewards.total, batch.rollout.group_ids
         grades = batch.rewards.grades or [None] * len(batch)
         num_met = torch.tensor([g.num_met if g else -1 for g in grades], device=groups.device)
-        failed = failed_groups(rewards, groups, self.cfg.threshold)
+        failed = failed_groups(batch.rewards.met(), groups, self.cfg.threshold)
         drafts = [c for g in failed for c in choose_candidates(
             rewards, num_met, groups, g, self.cfg.candidate_limit)]
         if not drafts or batch.rewards.grades is None or not self.cfg.revises:

@@ -20,20 +20,27 @@ class Sample:
     completion: list[int]
     temperature: float
     truncated: bool
+    by_model: list[int] | None = None  # an episode's: 0 where a tool wrote the token
 
 
 def sample_at(rollout: Rollout, i: int) -> Sample:
-    return Sample(rollout.prompt(i), rollout.completion_ids[i, : int(rollout.lengths[i])].tolist(),
-                  float(rollout.temperatures[i]), bool(rollout.truncated[i]))
+    n = int(rollout.lengths[i])
+    return Sample(rollout.prompt(i), rollout.completion_ids[i, :n].tolist(),
+                  float(rollout.temperatures[i]), bool(rollout.truncated[i]),
+                  None if rollout.tool_mask is None else rollout.tool_mask[i, :n].tolist())
 
 
 def build_rollout(rows: list[Sample], pad_id: int, group_ids: torch.Tensor) -> Rollout:
-    """A rollout of ``rows`` (on the CPU), prompts left-padded, completions right-padded."""
+    """A rollout of ``rows`` (on the CPU), prompts left-padded, completions right-padded; with
+    a tool mask when any row is an episode."""
     prompt_ids, prompt_mask = left_pad([r.prompt for r in rows], pad_id)
+    written = [[1] * len(r.completion) for r in rows]
+    tool_mask = None if all(r.by_model is None for r in rows) else right_pad(
+        [w if r.by_model is None else r.by_model for r, w in zip(rows, written)], 0)
     return Rollout(prompt_ids, prompt_mask, right_pad([r.completion for r in rows], pad_id),
-                   right_pad([[1] * len(r.completion) for r in rows], 0),
-                   torch.tensor([r.temperature for r in rows]), group_ids.cpu(),
-                   torch.tensor([r.truncated for r in rows]))
+                   right_pad(written, 0), torch.tensor([r.temperature for r in rows]),
+                   group_ids.cpu(), torch.tensor([r.truncated for r in rows]),
+                   tool_mask=tool_mask)
 
 
 def splice(rollout: Rollout, writes: dict[int, Sample], pad_id: int) -> Rollout:

@@ -130,15 +130,15 @@ def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], pro
     total = torch.zeros(n, dtype=torch.float64)
     applies = torch.zeros(n, dtype=torch.bool)
     bad = torch.zeros(n, dtype=torch.bool)
-    per_func, errors, grades = {}, [], None
+    per_func, errors, grades, graded_by = {}, [], None, None
     kwargs = dict(prompts=prompts, completions=completions, completion_ids=completion_ids,
                   **columns)
     for (name, fn), w in zip(funcs, weights):
         values = torch.full((n,), math.nan, dtype=torch.float64)
         try:
             out, graded = _call(fn, n, kwargs, timeout)
-            if grades is None:
-                grades = graded
+            if grades is None and graded is not None:
+                grades, graded_by = graded, name
             if len(out) != n:
                 raise ValueError(f"returned {len(out)} values for {n} completions")
         except Exception as e:  # noqa: BLE001 - a faulty reward must not kill the run
@@ -167,7 +167,7 @@ def compute_rewards(funcs: list[tuple[str, Callable]], weights: list[float], pro
     masked = bad | ~applies
     total[masked] = math.nan
     return Rewards(total.float(), {k: v.float() for k, v in per_func.items()},
-                   int(masked.sum()), errors, grades, int(bad.sum()))
+                   int(masked.sum()), errors, grades, int(bad.sum()), graded_by)
 
 
 class Scorer:

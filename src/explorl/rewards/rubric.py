@@ -211,7 +211,7 @@ class RubricReward:
         """Per completion, its :class:`Grade` against its row's rubric (``None``: no rubric, or
         the judge could not grade it)."""
         rubrics = self.rubrics_of(len(completions), columns)
-        texts = [_text(c) for c in completions]
+        texts = [_written(c) for c in completions]
         grades: list[Grade | None] = []
         judged: list[tuple[int, list[int]]] = []
         for i, (text, rubric) in enumerate(zip(texts, rubrics)):
@@ -262,6 +262,14 @@ def _text(x) -> str:
     if isinstance(x, list):
         return "\n".join(m["content"] for m in x)
     return x
+
+
+def _written(completion) -> str:
+    """What the model wrote: a completion's text, or its assistant messages' (an episode's
+    tool answers are not the model's to be graded on)."""
+    if isinstance(completion, list):
+        return "\n".join(m["content"] for m in completion if m.get("role") == "assistant")
+    return completion
 
 
 def degenerate(text: str, max_repeats: int = 8) -> bool:

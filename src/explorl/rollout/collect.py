@@ -8,6 +8,7 @@ identically everywhere. In one process nothing is gathered.
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import replace
 
@@ -34,6 +35,12 @@ class Collector:
         local = self.sample(rows[share], prompt_ids[share], counts[share], temperatures[share],
                             max_new_tokens)
         return self._gathered(replace(local, rows=rows), share.start)
+
+    def with_engine(self, engine: RolloutEngine) -> Collector:
+        """The same collector generating with ``engine`` (a guide's)."""
+        out = copy.copy(self)
+        out.engine = engine
+        return out
 
     def sample(self, rows: list[dict], prompt_ids: list[list[int]], counts: list[int],
                temperatures: list[float], max_new_tokens: int) -> ScoredBatch:
