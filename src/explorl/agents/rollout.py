@@ -191,7 +191,9 @@ class AgentCollector(Collector):
         within ``straggler_wait`` seconds (then episodes go on in step, and a run is
         reproducible), else of those answered first, at least one, the rest waiting on."""
         calls = [r for e in waiting for _, r in e.running if r is not None]
-        self.runner.wait(calls, self.straggler_wait)
+        # this turn's calls get the wait; a straggler already past it holds nobody again
+        fresh = [r for r in calls if time.monotonic() - r.started < self.straggler_wait]
+        self.runner.wait(fresh, self.straggler_wait)
         while True:
             outcomes = [[MALFORMED if r is None else self.runner.outcome(r) for _, r in e.running]
                         for e in waiting]
