@@ -191,6 +191,55 @@ def test_a_slow_tool_holds_only_its_own_episode(tok):
     assert calls == [["a", "b", "c"], ["a", "b", "c"]]  # waiting longer than the tool: in step
 
 
+def test_a_straggler_holds_no_later_turn(tok):
+    """While a's tool runs past the wait, b and c take two rounds of calls, each answered at
+    once: none of their turns waits for a again."""
+    def slow(x: str) -> str:
+        """Answers late.
+
+        Args:
+            x: anything
+        """
+        time.sleep(2.0)
+        return "7"
+
+    def script(context):
+        if context.endswith("="):
+            return "[slow:1]" if context.startswith("a") else "[calc:2+2]"
+        if context.count("]") == 1 and not context.startswith("a"):
+            return "[calc:1+3]"
+        return context.rstrip("\n").split("]")[-1] + "<eos>"
+
+    c = collector(tok, script, tools=[calc, slow], tool_timeout=5.0, straggler_wait=0.5)
+    calls, generate = [], c.engine.generate
+
+    def logged(prompts, *args, **kwargs):
+        calls.append((sorted(tok.decode(p)[0] for p in prompts), time.monotonic()))
+        return generate(prompts, *args, **kwargs)
+
+    c.engine.generate = logged
+    batch = collect(tok, c, ["a=", "b=", "c="], ["7", "4", "4"], max_new_tokens=40)
+    assert batch.rewards.total.tolist() == [1.0, 1.0, 1.0]
+    assert [who for who, _ in calls] == [["a", "b", "c"], ["b", "c"], ["b", "c"], ["a"]]
+    assert calls[2][1] - calls[1][1] < 0.4  # b and c's third turn did not wait for a
+
+
+def test_waiting_for_all_calls_waits_for_the_last_ones_deadline():
+    """Hung calls started 0.3 s apart, timeout 0.5: waiting for all returns at the later
+    call's deadline, both timed out, not at the first's with the second still running."""
+    def hang(x: str) -> str:
+        time.sleep(3)
+        return x
+
+    runner = ToolRunner(timeout=0.5)
+    first = runner.start(hang, "hang", {"x": "1"})
+    time.sleep(0.3)
+    second = runner.start(hang, "hang", {"x": "2"})
+    runner.wait([first, second])
+    assert time.monotonic() - first.started >= 0.8
+    assert runner.outcome(first).fatal and runner.outcome(second).fatal
+
+
 def test_turns_and_tokens_are_bounded(tok):
     def caller(context):  # calls forever
         return "[calc:1+1]"
@@ -251,6 +300,25 @@ def test_a_failing_environment_masks_its_episode(tok):
     batch = collect(tok, c, ["3+4=", "2+5="], ["7", "7"])
     assert not math.isnan(batch.rewards.total[0]) and math.isnan(batch.rewards.total[1])
     assert batch.metrics["agent/failed_episodes"] == 1
+
+
+def test_reward_columns_join_when_an_environment_never_started(tok):
+    """A round whose first environment failed still has the environment's column, and a part
+    without it (an empty share, a round with no environment) joins as NaN."""
+    from explorl.batch import Rewards
+
+    class Broken(Counter):
+        def reset(self, prompt, answer, **_):
+            if prompt.startswith("2"):
+                raise RuntimeError("down")
+            return super().reset(prompt, answer)
+
+    c = collector(tok, lambda ctx: "7<eos>", tools=[], environment_factory=Broken)
+    batch = collect(tok, c, ["2+5=", "3+4="], ["7", "7"])
+    assert "environment" in batch.rewards.per_func
+    other = collect(tok, collector(tok, lambda ctx: "7<eos>"), ["3+4="], ["7"])
+    joined = Rewards.concat([batch.rewards, other.rewards]).per_func["environment"]
+    assert joined[1] == batch.rewards.per_func["environment"][1] and joined[2].isnan()
 
 
 def test_a_class_without_the_contract_is_refused():
@@ -472,6 +540,14 @@ def test_hermes_needs_a_template_and_tools_with_schemas():
 
     with pytest.raises(UserError, match="tools: undocumented: no JSON schema"):
         schemas([undocumented])
+    from explorl.agents import prompt_tools
+
+    made_by_a_function = TrainConfig(environment_factory=lambda: Counter(),
+                                     tool_call_format="hermes")
+    with pytest.raises(UserError, match="environment_factory: tool_call_format=hermes lists"):
+        prompt_tools(made_by_a_function)
+    assert [t["function"]["name"] for t in prompt_tools(
+        TrainConfig(environment_factory=Counter, tool_call_format="hermes"))] == ["add"]
 
 
 def test_grpo_trains_on_hermes_episodes_with_the_tools_in_the_prompt(tmp_path, monkeypatch):

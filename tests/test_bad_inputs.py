@@ -231,6 +231,10 @@ CASES = [
     ("ilql-row-without-reward", f"{TRAIN} method=ilql {ILQL}",
      {"s.jsonl": SCORED + '{"prompt": "1+1=", "completion": "3"}\n'},
      "s.jsonl:2: missing field 'reward'"),
+    ("ilql-episode", f"{TRAIN} method=ilql {ILQL}",
+     {"s.jsonl": SCORED + '{"prompt": "1+1=", "completion": "[calc:1+1]2\\n2", "reward": 0.9, '
+                          '"messages": [], "tool_calls": 1}\n'},
+     "s.jsonl:2: an episode with tools"),
     ("ilql-null-reward", f"{TRAIN} method=ilql {ILQL}",
      {"s.jsonl": SCORED + '{"prompt": "1+1=", "completion": "3", "reward": null}\n'},
      "s.jsonl:2: reward: expected a finite number, got None"),

@@ -170,8 +170,13 @@ class Rewards:
         """Rows of ``parts`` in order (one batch scored in pieces)."""
         grades = None if any(p.grades is None for p in parts) else [
             g for p in parts for g in p.grades]
+        # a part may lack a column (an episode's environment reward, where no environment
+        # could be made): NaN there, as for a function that gave nothing
+        names = list(dict.fromkeys(k for p in parts for k in p.per_func))
         return cls(torch.cat([p.total for p in parts]),
-                   {k: torch.cat([p.per_func[k] for p in parts]) for k in parts[0].per_func},
+                   {k: torch.cat([p.per_func[k] if k in p.per_func
+                                  else torch.full_like(p.total, math.nan) for p in parts])
+                    for k in names},
                    sum(p.masked for p in parts), [e for p in parts for e in p.errors], grades,
                    sum(p.failed for p in parts),
                    next((p.graded_by for p in parts if p.graded_by), None))

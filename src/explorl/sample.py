@@ -3,7 +3,8 @@
 One JSON line per completion: ``prompt``, ``completion``, ``reward`` (null where the reward is
 unknown), ``truncated`` (no EOS within ``--max-new-tokens``), then the data set's own columns.
 A multi-turn task's lines are episodes: ``completion`` is the whole episode's text (the tools'
-answers in it), and ``messages`` (as reward functions see it) and ``tool_calls`` come with it.
+answers in it), and ``messages`` (as reward functions see it) and ``tool_calls`` come with it;
+offline methods refuse them (they would train the tools' answers as the model's).
 ``explorl pairs`` turns such a file into preference pairs for ``explorl rm``; ``explorl train
 method=ilql`` learns from it as it is.
 """

@@ -12,6 +12,7 @@ from explorl.agents.formats import FORMATS
 from explorl.agents.openenv import PREFIX, OpenEnvEnvironment, openenv_factory
 from explorl.agents.rollout import AgentCollector
 from explorl.agents.tools import check_environment, load_object, schemas
+from explorl.errors import UserError
 from explorl.rollout.collect import Collector
 
 
@@ -50,7 +51,10 @@ def prompt_tools(cfg, task_tools=()) -> list[dict] | None:
     tools, factory = load_tools(cfg, task_tools)
     if isinstance(cfg.environment_factory, str) and cfg.environment_factory.startswith(PREFIX):
         factory = OpenEnvEnvironment
-    return schemas(tools, factory if inspect.isclass(factory) else None)
+    if factory is not None and not inspect.isclass(factory):
+        raise UserError("environment_factory: tool_call_format=hermes lists the environment's "
+                        "methods in the prompt, read from its class; give the class itself")
+    return schemas(tools, factory)
 
 
 __all__ = ["AgentCollector", "build_collector", "prompt_tools"]

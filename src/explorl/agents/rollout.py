@@ -238,8 +238,7 @@ class AgentCollector(Collector):
         """The episodes' rewards: the reward functions' over their message lists, and the
         environment's own; a failed episode's masked and counted."""
         funcs, weights = list(self.scorer.funcs), list(self.scorer.weights)
-        if self.factory is not None and callable(getattr(episodes[0].environment,
-                                                         "get_reward", None)):
+        if any(callable(getattr(e.environment, "get_reward", None)) for e in episodes):
             funcs.append(("environment", environment_reward))
             weights.append(self.environment_weight)
         rows = [e.row for e in episodes]

@@ -138,8 +138,9 @@ class ToolRunner:
         running = [c for c in calls if c.future is not None and not c.future.done()]
         if not running:
             return
-        if self.timeout is not None:
-            due = min(c.started for c in running) + self.timeout - time.monotonic()
+        if self.timeout is not None:  # the first call's deadline, or the last one's
+            due = (min if first else max)(c.started for c in running) + self.timeout \
+                - time.monotonic()
             seconds = max(0.0, due if seconds is None else min(seconds, due))
         cf.wait([c.future for c in running], timeout=seconds,
                 return_when=cf.FIRST_COMPLETED if first else cf.ALL_COMPLETED)

@@ -136,6 +136,10 @@ def load_scored(source: Any, *, name: str = "dataset") -> list[dict]:
             raise UserError(f"{where}: expected an object with prompt, completion and reward, "
                             f"got {type_name(row)}")
         row = plain_value(row)
+        if "messages" in row and "tool_calls" in row:
+            raise UserError(f"{where}: an episode with tools (explorl sample of a multi-turn "
+                            "task): its completion holds the tools' answers, which offline "
+                            "methods would train as the model's; use single-turn samples")
         for key in ("prompt", "completion", "reward"):
             if key not in row:
                 raise UserError(f"{where}: missing field {key!r} (a scored sample has prompt, "
