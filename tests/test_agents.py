@@ -155,62 +155,19 @@ def test_faulty_tools_are_answered_or_masked_and_counted(tok):
     assert batch.rewards.failed == 1
 
 
-def test_a_slow_tool_holds_only_its_own_episode(tok):
-    """Past ``straggler_wait``, episodes whose tools answered take their next turns without
-    the one whose tool is slow; it rejoins when its tool answers (within its timeout)."""
-    def slow(x: str) -> str:
-        """Answers late.
+def late(x: str) -> str:
+    """Answers 7, two seconds late.
 
-        Args:
-            x: anything
-        """
-        time.sleep(2.0)
-        return "7"
-
-    def script(context):
-        if context.endswith("="):
-            return "[slow:1]" if context.startswith("a") else "[calc:2+2]"
-        return context.rstrip("\n").split("]")[-1] + "<eos>"
-
-    c = collector(tok, script, tools=[calc, slow], tool_timeout=5.0, straggler_wait=0.5)
-    calls = []
-    generate = c.engine.generate
-
-    def logged(prompts, *args, **kwargs):
-        calls.append(sorted(tok.decode(p)[0] for p in prompts))
-        return generate(prompts, *args, **kwargs)
-
-    c.engine.generate = logged
-    batch = collect(tok, c, ["a=", "b=", "c="], ["7", "4", "4"])
-    assert batch.rewards.total.tolist() == [1.0, 1.0, 1.0]  # the slow call did answer
-    assert calls == [["a", "b", "c"], ["b", "c"], ["a"]]  # b and c did not wait for a's tool
-    in_step = collector(tok, script, tools=[calc, slow], tool_timeout=5.0, straggler_wait=5.0)
-    generate = in_step.engine.generate
-    in_step.engine.generate, calls[:] = logged, []
-    collect(tok, in_step, ["a=", "b=", "c="], ["7", "4", "4"])
-    assert calls == [["a", "b", "c"], ["a", "b", "c"]]  # waiting longer than the tool: in step
+    Args:
+        x: anything
+    """
+    time.sleep(2.0)
+    return "7"
 
 
-def test_a_straggler_holds_no_later_turn(tok):
-    """While a's tool runs past the wait, b and c take two rounds of calls, each answered at
-    once: none of their turns waits for a again."""
-    def slow(x: str) -> str:
-        """Answers late.
-
-        Args:
-            x: anything
-        """
-        time.sleep(2.0)
-        return "7"
-
-    def script(context):
-        if context.endswith("="):
-            return "[slow:1]" if context.startswith("a") else "[calc:2+2]"
-        if context.count("]") == 1 and not context.startswith("a"):
-            return "[calc:1+3]"
-        return context.rstrip("\n").split("]")[-1] + "<eos>"
-
-    c = collector(tok, script, tools=[calc, slow], tool_timeout=5.0, straggler_wait=0.5)
+def turns_logged(c, tok) -> list:
+    """Each engine call ``c`` makes from now on: its episodes (their prompts' first letters)
+    and when it was made."""
     calls, generate = [], c.engine.generate
 
     def logged(prompts, *args, **kwargs):
@@ -218,6 +175,42 @@ def test_a_straggler_holds_no_later_turn(tok):
         return generate(prompts, *args, **kwargs)
 
     c.engine.generate = logged
+    return calls
+
+
+def test_a_slow_tool_holds_only_its_own_episode(tok):
+    """Past ``straggler_wait``, episodes whose tools answered take their next turns without
+    the one whose tool is slow; it rejoins when its tool answers (within its timeout)."""
+    def script(context):
+        if context.endswith("="):
+            return "[late:1]" if context.startswith("a") else "[calc:2+2]"
+        return context.rstrip("\n").split("]")[-1] + "<eos>"
+
+    c = collector(tok, script, tools=[calc, late], tool_timeout=5.0, straggler_wait=0.5)
+    calls = turns_logged(c, tok)
+    batch = collect(tok, c, ["a=", "b=", "c="], ["7", "4", "4"])
+    assert batch.rewards.total.tolist() == [1.0, 1.0, 1.0]  # the slow call did answer
+    # b and c did not wait for a's tool
+    assert [who for who, _ in calls] == [["a", "b", "c"], ["b", "c"], ["a"]]
+    in_step = collector(tok, script, tools=[calc, late], tool_timeout=5.0, straggler_wait=5.0)
+    calls = turns_logged(in_step, tok)
+    collect(tok, in_step, ["a=", "b=", "c="], ["7", "4", "4"])
+    # waiting longer than the tool: in step
+    assert [who for who, _ in calls] == [["a", "b", "c"], ["a", "b", "c"]]
+
+
+def test_a_straggler_holds_no_later_turn(tok):
+    """While a's tool runs past the wait, b and c take two rounds of calls, each answered at
+    once: none of their turns waits for a again."""
+    def script(context):
+        if context.endswith("="):
+            return "[late:1]" if context.startswith("a") else "[calc:2+2]"
+        if context.count("]") == 1 and not context.startswith("a"):
+            return "[calc:1+3]"
+        return context.rstrip("\n").split("]")[-1] + "<eos>"
+
+    c = collector(tok, script, tools=[calc, late], tool_timeout=5.0, straggler_wait=0.5)
+    calls = turns_logged(c, tok)
     batch = collect(tok, c, ["a=", "b=", "c="], ["7", "4", "4"], max_new_tokens=40)
     assert batch.rewards.total.tolist() == [1.0, 1.0, 1.0]
     assert [who for who, _ in calls] == [["a", "b", "c"], ["b", "c"], ["b", "c"], ["a"]]

@@ -70,6 +70,11 @@ class HermesFormat:
         if not getattr(tokenizer, "chat_template", None):
             raise UserError("tool_call_format: hermes renders the tools' answers with the "
                             "model's chat template, and its tokenizer has none")
+        # a conversation up to an assistant turn's EOS, whose rendering every answer extends
+        self.turn = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "."}]
+        before = tokenizer.apply_chat_template(self.turn, tokenize=False)
+        end = before.rfind(tokenizer.eos_token) if tokenizer.eos_token else -1
+        self.head = before[:end + len(tokenizer.eos_token)] if end >= 0 else None
         self.answer([])  # the template is checked once, here
 
     def calls(self, turn: list[int], text: str, complete: bool) -> list[Call | None] | None:
@@ -84,17 +89,15 @@ class HermesFormat:
         """What the template writes after an assistant turn's EOS: the ``tool`` messages and
         the next generation prompt, as tokens."""
         tok = self.tokenizer
-        turn = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "."}]
-        before = tok.apply_chat_template(turn, tokenize=False)
         after = tok.apply_chat_template(
-            turn + [{"role": "tool", "name": name, "content": text} for name, text in results],
+            self.turn + [{"role": "tool", "name": name, "content": text}
+                         for name, text in results],
             tokenize=False, add_generation_prompt=True)
-        end = before.rfind(tok.eos_token) if tok.eos_token else -1
-        if end < 0 or not after.startswith(before[:end + len(tok.eos_token)]):
+        if self.head is None or not after.startswith(self.head):
             raise UserError("tool_call_format: hermes needs a chat template that ends an "
                             f"assistant turn with the EOS token ({tok.eos_token!r}) and renders "
                             "tool messages after it")
-        return tok(after[end + len(tok.eos_token):], add_special_tokens=False).input_ids
+        return tok(after[len(self.head):], add_special_tokens=False).input_ids
 
 
 def parse_json_call(body: str) -> Call | None:
